@@ -41,7 +41,8 @@ class KeyScorer(nn.Module):
 
 
 def prefix_query_sum(q: Tensor, key_mask: Tensor | None) -> Tensor:
-    """sum_{p <= j, p real} Q_p for every j: [B, L, d]."""
+    """sum_{p <= j, p real} Q_p for every j: [B, L, d], accumulated in fp32 (or fp64)."""
+    q = q.to(acc_dtype(q))
     return (q if key_mask is None else q * key_mask[..., None].to(q.dtype)).cumsum(1)
 
 

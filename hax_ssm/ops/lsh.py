@@ -98,3 +98,14 @@ def lsh_mask_dense(q_buckets: Tensor, k_buckets: Tensor, key_mask: Tensor, k_c: 
     match = (q_buckets[:, :, None] == k_buckets[:, None, :]) & causal & key_mask[:, None, :]
     newer_or_same = match.flip(-1).cumsum(-1).flip(-1)  # matches at positions >= j (all <= i)
     return match & (newer_or_same <= k_c)
+
+
+def recent_same_bucket(q_bucket: Tensor, k_buckets: Tensor, key_mask: Tensor, k_c: int) -> tuple[Tensor, Tensor]:
+    """Decoding: the k_c most recent real keys of all past keys [B, T] in the bucket of one query [B].
+
+    Returns idx, valid [B, 1, min(k_c, T)]; O(T) per step.
+    """
+    match = (k_buckets == q_bucket[:, None]) & key_mask
+    pos = torch.arange(k_buckets.shape[1], device=k_buckets.device)
+    latest = torch.where(match, pos, -1).topk(min(k_c, len(pos)), dim=1).values
+    return latest.clamp_min(0)[:, None], (latest >= 0)[:, None]

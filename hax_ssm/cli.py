@@ -14,6 +14,7 @@ except ImportError:  # older typer depends on click
 
 from hax_ssm import __version__
 from hax_ssm.errors import HaxError
+from hax_ssm.models import commands as models_command
 
 app = typer.Typer(
     name="hax",
@@ -34,6 +35,9 @@ def _root() -> None:
 def version() -> None:
     """Print the package version."""
     print(__version__)
+
+
+app.command()(models_command.models)
 
 
 def main(argv: list[str] | None = None) -> int:

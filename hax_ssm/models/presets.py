@@ -16,11 +16,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 def preset_names() -> list[str]:
     """Names of the model presets under configs/ (files whose JSON names a hax model_type)."""
-    names = []
-    for path in sorted(CONFIG_DIR.glob("*.json")):
-        if json.loads(path.read_text()).get("model_type") in CONFIG_CLASSES:
-            names.append(path.stem)
-    return names
+    names = [p.stem for p in CONFIG_DIR.glob("*.json") if json.loads(p.read_text()).get("model_type") in CONFIG_CLASSES]
+    return sorted(names, key=lambda name: (name.removesuffix("_2x"), name.endswith("_2x")))  # a base, then its 2x
 
 
 def _preset_file(preset: str | Path) -> Path:

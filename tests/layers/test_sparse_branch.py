@@ -44,12 +44,13 @@ def test_step_by_step_and_prefill_equal_forward(arch):
         out, state = branch.step(x[:, t], state, mask[:, t])
         steps.append(out)
     torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-12, atol=1e-12)
-    head, _, state = branch.prefill(x[:, :17], mask[:, :17])
-    tail = []
-    for t in range(17, x.shape[1]):
-        out, state = branch.step(x[:, t], state, mask[:, t])
-        tail.append(out)
-    torch.testing.assert_close(torch.cat([head, torch.stack(tail, 1)], 1), full, rtol=1e-12, atol=1e-12)
+    for split in (2, 17):  # a prompt shorter than k_c, and a longer one
+        head, _, state = branch.prefill(x[:, :split], mask[:, :split])
+        tail = []
+        for t in range(split, x.shape[1]):
+            out, state = branch.step(x[:, t], state, mask[:, t])
+            tail.append(out)
+        torch.testing.assert_close(torch.cat([head, torch.stack(tail, 1)], 1), full, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -61,7 +61,7 @@ def union_keys(parts: list[tuple[Tensor, Tensor]], key_mask: Tensor) -> tuple[Te
     return code.clamp_max(n_keys - 1), (code < n_keys) & ~duplicate
 
 
-def sparse_keys(
+def key_lists(
     spec: SparseSpec,
     key_mask: Tensor,
     q_buckets: Tensor | None = None,
@@ -119,7 +119,7 @@ class GatherAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
         dtype = acc_dtype(q)
-        qf, kf, vf = q.to(dtype), k.to(dtype), v.to(dtype)
+        qf, kf, vf = (x.to(dtype).contiguous() for x in (q, k, v))
         b, n, w = idx.shape
         ctx.chunk = max(1, CHUNK_ELEMENTS // (b * w * (q.shape[-1] + v.shape[-1])))
         out, lse = vf.new_empty(b, n, v.shape[-1]), qf.new_empty(b, n)
@@ -135,7 +135,7 @@ class GatherAttention(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, idx, valid, out, lse = ctx.saved_tensors
         dtype = out.dtype
-        qf, kf, vf, go = q.to(dtype), k.to(dtype), v.to(dtype), grad_out.to(dtype)
+        qf, kf, vf, go = (x.to(dtype).contiguous() for x in (q, k, v, grad_out))
         b, n, _ = idx.shape
         n_keys = k.shape[1]
         delta = (go * out).sum(-1)
@@ -172,7 +172,7 @@ class FullAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
         dtype = acc_dtype(q)
-        qf, kf, vf = q.to(dtype), k.to(dtype), v.to(dtype)
+        qf, kf, vf = (x.to(dtype).contiguous() for x in (q, k, v))
         b, n, _ = q.shape
         ctx.chunk = max(1, CHUNK_ELEMENTS // (b * n))
         out, lse = vf.new_empty(b, n, v.shape[-1]), qf.new_empty(b, n)
@@ -187,7 +187,7 @@ class FullAttention(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, key_mask, out, lse = ctx.saved_tensors
         dtype = out.dtype
-        qf, kf, vf, go = q.to(dtype), k.to(dtype), v.to(dtype), grad_out.to(dtype)
+        qf, kf, vf, go = (x.to(dtype).contiguous() for x in (q, k, v, grad_out))
         n = q.shape[1]
         delta = (go * out).sum(-1)
         dq, dk, dv = torch.zeros_like(qf), torch.zeros_like(kf), torch.zeros_like(vf)
@@ -213,5 +213,5 @@ def sparse_attention_forward(
 ) -> Tensor:
     if spec.parts == ("full",):
         return FullAttention.apply(q, k, v, key_mask)
-    idx, valid = sparse_keys(spec, key_mask, q_buckets, k_buckets, key_scores)
+    idx, valid = key_lists(spec, key_mask, q_buckets, k_buckets, key_scores)
     return gather_attention(q, k, v, idx, valid)

@@ -119,3 +119,106 @@ def _read_jsonl(path: Path) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise HaxError(f"{path}:{lineno}: not JSON ({err.msg})") from None
     return rows
+
+
+def _corpus_tokenizer(corpus: Path, tokenizer: Path | None, cache_dir: Path | None):
+    """The tokenizer a corpus was built with: GPT-2 from the cache, or the file given."""
+    from hax_ssm.lm.corpus.reader import TokenCorpus
+    from hax_ssm.lm.tokenizer import load_tokenizer
+
+    name = TokenCorpus(corpus).manifest["tokenizer"]["name"]
+    require(
+        tokenizer is not None or name == "gpt2", f"{corpus} uses tokenizer {name!r}: pass its file with --tokenizer"
+    )
+    return load_tokenizer(tokenizer, cache_dir)
+
+
+@ruler_app.command("make")
+def ruler_make(
+    corpus: Annotated[Path, typer.Option(help="A corpus directory (haystack: its held-out books).")],
+    out: Annotated[Path, typer.Option(help="Output JSONL file of samples.")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated task names, or 'all'.")] = "all",
+    lengths: Annotated[str, typer.Option(help="Comma-separated lengths in tokens.")] = "4096",
+    samples: Annotated[int, typer.Option(help="Samples per task, length (and depth).")] = 25,
+    depths: Annotated[str | None, typer.Option(help="Pin needles at these depths (percent); needle tasks.")] = None,
+    split: Annotated[str, typer.Option(help="Corpus split whose books make the haystack.")] = "test",
+    seed: int = 42,
+    tokenizer: Annotated[Path | None, typer.Option(help="tiktoken ranks file of a non-GPT-2 corpus.")] = None,
+    cache_dir: Path | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Generate RULER-style samples on the corpus's text and write them as JSONL."""
+    from hax_ssm.lm.ruler import RulerGenerator, RulerText, resolve_tasks, write_samples
+
+    names = resolve_tasks(_csv(tasks))
+    try:
+        sizes = [int(v) for v in _csv(lengths) or []]
+        pins = [float(v) for v in _csv(depths)] if depths else [None]
+    except ValueError:
+        raise HaxError(f"--lengths {lengths!r} / --depths {depths!r}: expected comma-separated numbers") from None
+    require(bool(sizes), "--lengths: give at least one length")
+    require(overwrite or not out.exists(), f"{out} exists: pass --overwrite to replace it")
+    tok = _corpus_tokenizer(corpus, tokenizer, cache_dir)
+    generator = RulerGenerator(tok, RulerText.from_corpus(corpus, tok, split=split), seed=seed)
+    made = []
+    for name in names:
+        for length in sizes:
+            for pin in pins if name.startswith("niah") else [None]:
+                made += generator.generate(name, length, samples, depth=pin)
+    write_samples(out, made)
+    print(f"wrote {len(made)} samples ({len(names)} tasks x {len(sizes)} lengths) to {out}")
+
+
+@ruler_app.command("score")
+def ruler_score(
+    predictions: Annotated[Path, typer.Argument(help="JSONL of samples with a 'pred' field each.")],
+    out: Annotated[Path | None, typer.Option(help="Results JSON (default: print the summary only).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="PNG of score against length and depth.")] = None,
+) -> None:
+    """Score predictions on RULER-style samples (ours or RULER's own files) with RULER's string match."""
+    from hax_ssm.lm.evaluate import plot_ruler, ruler_record, summarize_ruler, write_results
+    from hax_ssm.lm.ruler import RulerSample
+
+    records = []
+    for i, row in enumerate(_read_jsonl(predictions), 1):
+        require("pred" in row, f"{predictions}:{i}: no 'pred' field")
+        records.append(ruler_record(RulerSample.from_record(row, task=predictions.parent.name), str(row["pred"])))
+    require(bool(records), f"{predictions}: no predictions")
+    results = {"records": records, "summary": summarize_ruler(records)}
+    print(json.dumps(results["summary"]["average_by_length"]))
+    if out:
+        write_results(out, results, benchmark="ruler", predictions=str(predictions))
+    if plot:
+        plot_ruler(results["summary"], plot)
+
+
+@longbench_app.command("score")
+def longbench_score(
+    predictions: Annotated[Path, typer.Argument(help="A JSONL file, or a directory of them, with 'pred' fields.")],
+    out: Annotated[Path | None, typer.Option(help="Results JSON (default: print the summary only).")] = None,
+) -> None:
+    """Score LongBench predictions (LongBench's pred/<model>/<dataset>.jsonl layout works as is)."""
+    from hax_ssm.lm.evaluate import write_results
+    from hax_ssm.lm.longbench import dataset_name, score_prediction, summarize
+
+    files = sorted(predictions.glob("*.jsonl")) if predictions.is_dir() else [predictions]
+    records = []
+    for file in files:
+        for i, row in enumerate(_read_jsonl(file), 1):
+            require("pred" in row and "answers" in row, f"{file}:{i}: needs 'pred' and 'answers' fields")
+            name = dataset_name(row.get("dataset") or file.stem)
+            score = score_prediction(name, str(row["pred"]), list(row["answers"]), row.get("all_classes"))
+            records.append(
+                {
+                    "dataset": name,
+                    "length": int(row.get("length", 0)),
+                    "pred": row["pred"],
+                    "answers": row["answers"],
+                    "score": score,
+                }
+            )
+    require(bool(records), f"{predictions}: no predictions")
+    results = {"records": records, "summary": summarize(records)}
+    print(json.dumps(results["summary"]))
+    if out:
+        write_results(out, results, benchmark="longbench", predictions=str(predictions))

@@ -196,7 +196,9 @@ def stage_source(source: Source, options: BuildOptions, work: Path) -> dict:
     with open(tmp / "tokens.bin", "wb") as f:
         for start in tqdm(range(0, len(docs), 64), desc=f"tokenize {source.name}", unit="batch", leave=False):
             batch = docs[start : start + 64]
-            for doc, split, ids in zip(batch, splits[start:], options.tokenizer.encode_batch([d.text for d in batch])):
+            for doc, split, ids in zip(
+                batch, splits[start:], options.tokenizer.encode_batch([d.text for d in batch]), strict=False
+            ):
                 np.asarray(ids, dtype=np.uint16).tofile(f)
                 records.append({"title": doc.title, "split": split, "tokens": len(ids)})
     with open(tmp / "docs.jsonl", "w") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 import re
 import unicodedata
 
@@ -55,7 +56,9 @@ def split_gutenberg_volumes(text: str, title_pattern: str) -> list[tuple[str, st
     # Each etext repeats its title line inside its own header: keep the first of each run of equal titles.
     firsts = [m for i, m in enumerate(heads) if i == 0 or m.group(0) != heads[i - 1].group(0)]
     bounds = [m.start() for m in firsts] + [len(text)]
-    return [(m.group(0).strip(), strip_gutenberg(text[a:b])) for m, a, b in zip(firsts, bounds, bounds[1:])]
+    return [
+        (m.group(0).strip(), strip_gutenberg(text[a:b])) for m, a, b in zip(firsts, bounds, bounds[1:], strict=False)
+    ]
 
 
 # --- OSIS (SWORD Bible and commentary modules) ------------------------------------------------------------------
@@ -181,7 +184,7 @@ def split_gcide(text: str) -> list[tuple[str, str]]:
     first entry and the ``[1913 Webster]`` source tags are dropped."""
     starts = [m.start() for m in _GCIDE_ENTRY.finditer(text)] + [len(text)]
     groups: dict[str, list[str]] = {}
-    for a, b in zip(starts, starts[1:]):
+    for a, b in itertools.pairwise(starts):
         initial = text[a].upper() if text[a].isalpha() and text[a].isascii() else "#"
         groups.setdefault(initial, []).append(_GCIDE_SOURCE_TAG.sub("", text[a:b]))
     return [(f"GCIDE {letter}", normalize_text("".join(entries))) for letter, entries in sorted(groups.items())]

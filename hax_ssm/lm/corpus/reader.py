@@ -79,7 +79,7 @@ class CorpusSplit:
         which = np.searchsorted(cumulative, picks, side="right")
         starts = picks - np.concatenate([[0], cumulative[:-1]])[which]
         out = np.empty((batch_size, seq_len), dtype=np.int64)
-        for row, (doc, start) in enumerate(zip(eligible[which], starts)):
+        for row, (doc, start) in enumerate(zip(eligible[which], starts, strict=False)):
             out[row] = self.document(int(doc))[start : start + seq_len]
         return out
 

@@ -200,8 +200,7 @@ def parse_brown(root: Path) -> Iterator[Document]:
 
 
 def parse_wikipedia_dump(root: Path) -> Iterator[Document]:
-    for doc in read_mediawiki_xml(_one(root, "**/test_data/enwiki-latest-pages-articles1.xml-*.bz2")):
-        yield doc
+    yield from read_mediawiki_xml(_one(root, "**/test_data/enwiki-latest-pages-articles1.xml-*.bz2"))
 
 
 def read_mediawiki_xml(path: Path) -> Iterator[Document]:

@@ -100,6 +100,27 @@ def corpus_info(corpus: Annotated[Path, typer.Argument(help="A corpus directory.
     _print_corpus_summary(TokenCorpus(corpus).manifest)
 
 
+@corpus_app.command("windows")
+def corpus_windows(
+    corpus: Annotated[Path, typer.Argument(help="A corpus directory.")],
+    context: Annotated[int, typer.Option(help="Window length in tokens.")] = 2048,
+    split: str = "train",
+    batch: int = 2,
+    seed: int = 0,
+    step: int = 0,
+    tokenizer: Annotated[Path | None, typer.Option(help="tiktoken ranks file of a non-GPT-2 corpus.")] = None,
+    cache_dir: Path | None = None,
+) -> None:
+    """Print the training windows a (seed, step) draws, decoded: what the model will see."""
+    from hax_ssm.lm.corpus.reader import TokenCorpus
+
+    windows = TokenCorpus(corpus).split(split).sample_windows(context, batch, seed=seed, step=step)
+    tok = _corpus_tokenizer(corpus, tokenizer, cache_dir)
+    for i, window in enumerate(windows):
+        print(f"--- window {i} ({context} tokens) ---")
+        print(tok.decode(window))
+
+
 @corpus_app.command("sources")
 def corpus_sources() -> None:
     """List the offline sources: name, registry, package, role, licence."""

@@ -327,7 +327,9 @@ class RulerGenerator:
             rng_seed = (self.seed, task, length, index, depth)
             make = getattr(self, f"_build_{base}")
             inp, pre, outputs, depths, used = self._fit(
-                lambda n, make=make: make(_rng(*rng_seed), n, template, prefix, depth=depth, length=length, **args),
+                lambda n, make=make, rng_seed=rng_seed: make(
+                    _rng(*rng_seed), n, template, prefix, depth=depth, length=length, **args
+                ),
                 length,
                 budget,
                 task,

@@ -231,7 +231,8 @@ class _ShardWriter:
     def _open_next(self) -> None:
         self.close()
         name = f"{self.split}-{len(self.shards):05d}.bin"
-        self._file, self._hash, self._filled = open(self.out / name, "wb"), hashlib.sha256(), 0
+        self._file = open(self.out / name, "wb")  # noqa: SIM115 (closed in close(), across add() calls)
+        self._hash, self._filled = hashlib.sha256(), 0
         self.shards.append({"file": name, "tokens": 0})
 
     def add(self, tokens: np.ndarray) -> None:

@@ -155,10 +155,10 @@ def detag_brown(text: str) -> str:
 # --- reStructuredText (Sphinx _sources) -------------------------------------------------------------------------
 
 _RST_ROLE = re.compile(r":[\w:+-]+:`(?:~|!)?([^`<]*?)(?:\s*<[^`>]*>)?`")
-_RST_LABEL = re.compile(
-    r"^\.\. (_[^:]+:|\|[^|]+\|.*|index::.*|highlight::.*|toctree::.*|(sectionauthor|moduleauthor|versionadded|versionchanged|deprecated|currentmodule|module)::.*)$",
-    re.MULTILINE,
+_RST_DIRECTIVES = (
+    "index|highlight|toctree|sectionauthor|moduleauthor|versionadded|versionchanged|deprecated|currentmodule|module"
 )
+_RST_LABEL = re.compile(rf"^\.\. (_[^:]+:|\|[^|]+\|.*|({_RST_DIRECTIVES})::.*)$", re.MULTILINE)
 _RST_OPTION = re.compile(
     r"^\s+:(maxdepth|glob|hidden|numbered|caption|noindex|synopsis|platform|titlesonly|name|class|linenos|emphasize-lines):.*$",
     re.MULTILINE,

@@ -407,7 +407,7 @@ class RulerGenerator:
         fill = {"type_needle_v": noun, "context": context, "query": query}
         return template.format(**fill), prefix.format(**fill), answers, answer_depths
 
-    def _vt_prompt(self, rng, n, template, prefix, num_chains, num_hops, value=None):
+    def _vt_prompt(self, rng, n, template, prefix, num_chains, num_hops):
         names = set()
         while len(names) < num_chains * (num_hops + 1):
             names.add("".join(rng.choices(string.ascii_uppercase, k=5)))
@@ -416,7 +416,7 @@ class RulerGenerator:
         chains = []
         for c in range(num_chains):
             chain_vars = names[c * (num_hops + 1) : (c + 1) * (num_hops + 1)]
-            first = value if value is not None and c == 0 else str(rng.randint(10000, 99999))
+            first = str(rng.randint(10000, 99999))
             chains.append(
                 (
                     chain_vars,

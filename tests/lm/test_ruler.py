@@ -58,53 +58,14 @@ def test_reads_rulers_own_files(tmp_path):
     assert RulerSample.from_record({**record, "task": "qa_2"}).metric == "part"
 
 
-def test_cli_make_and_unknown_task(built_corpus, tmp_path, capsys, monkeypatch):
+def test_cli_make_and_unknown_task(built_corpus, tiny_tokenizer, tmp_path, capsys):
     out = tmp_path / "tasks.jsonl"
-    ranks = next(built_corpus.parent.parent.glob("tok*/tiny.tiktoken"), None)
-    if ranks is None:
-        from conftest import write_tiny_ranks
-
-        ranks = write_tiny_ranks(tmp_path / "tiny.tiktoken")
-    assert (
-        main(
-            [
-                "ruler",
-                "make",
-                "--corpus",
-                str(built_corpus),
-                "--out",
-                str(out),
-                "--tasks",
-                "niah_single_2,vt",
-                "--lengths",
-                "2500",
-                "--samples",
-                "2",
-                "--split",
-                "train",
-                "--tokenizer",
-                str(ranks),
-            ]
-        )
-        == 0
-    )
+    common = ["--corpus", str(built_corpus), "--tokenizer", str(tiny_tokenizer.path), "--split", "train"]
+    make = ["ruler", "make", "--out", str(out), "--lengths", "2500", "--samples", "2", *common]
+    assert main([*make, "--tasks", "niah_single_2,vt"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["task"] for r in rows] == ["niah_single_2"] * 2 + ["vt"] * 2
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "ruler",
-                "make",
-                "--corpus",
-                str(built_corpus),
-                "--out",
-                str(tmp_path / "x.jsonl"),
-                "--tasks",
-                "niah_single_2,bogus",
-            ]
-        )
-        == 2
-    )
+    assert main([*make, "--tasks", "niah_single_2,bogus", "--overwrite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("hax: error: unknown RULER task 'bogus'")

@@ -16,6 +16,7 @@ assembled in a temporary sibling and renamed into place, so ``<out>`` is either 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import sys
@@ -157,7 +158,7 @@ def _fingerprint(source: Source, options: BuildOptions) -> dict:
     }
 
 
-def _source_documents(source: Source, options: BuildOptions) -> tuple[list[Document], dict]:
+def _source_documents(source: Source, options: BuildOptions) -> tuple[Iterator[Document], dict]:
     if source.name in options.source_dirs:
         root = Path(options.source_dirs[source.name])
         if not root.is_dir():
@@ -167,11 +168,29 @@ def _source_documents(source: Source, options: BuildOptions) -> tuple[list[Docum
         root, fetched = None, {"dataset": source.package, "config": source.version}
     else:
         root, fetched = fetch(source, options.cache_dir)
-    try:
-        docs = [d for d in source.parse(root) if d.text.strip()]
-    except (OSError, ValueError, KeyError, EOFError) as err:
-        raise FetchError(f"cannot read {source.package}: {type(err).__name__}: {err}") from None
-    return docs, fetched
+    return (d for d in source.parse(root) if d.text.strip()), fetched
+
+
+def _with_splits(docs: Iterator[Document], source: Source, options: BuildOptions) -> Iterator[tuple[Document, str]]:
+    """Documents with their split. A source with its own splits is streamed (PG-19 does not fit in memory);
+    otherwise the whole source is needed to rank its documents for holding out."""
+    first = next(docs, None)
+    if first is None:
+        return
+    if first.split is not None:
+        for doc in itertools.chain([first], docs):
+            yield doc, doc.split or "train"
+        return
+    listed = [first, *docs]
+    keys = _document_keys(listed)
+    yield from zip(
+        listed, assign_splits(keys, source.role, options.val_fraction, options.test_fraction, options.seed), strict=True
+    )
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
 
 
 def stage_source(source: Source, options: BuildOptions, work: Path) -> dict:
@@ -183,24 +202,23 @@ def stage_source(source: Source, options: BuildOptions, work: Path) -> dict:
         if summary["fingerprint"] == fingerprint:
             return summary
     docs, fetched = _source_documents(source, options)
-    if any(d.split is None for d in docs):
-        splits = assign_splits(
-            _document_keys(docs), source.role, options.val_fraction, options.test_fraction, options.seed
-        )
-    else:
-        splits = [d.split for d in docs]
     tmp = done_dir.with_name(done_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     records = []
-    with open(tmp / "tokens.bin", "wb") as f:
-        for start in tqdm(range(0, len(docs), 64), desc=f"tokenize {source.name}", unit="batch", leave=False):
-            batch = docs[start : start + 64]
-            for doc, split, ids in zip(
-                batch, splits[start:], options.tokenizer.encode_batch([d.text for d in batch]), strict=False
-            ):
-                np.asarray(ids, dtype=np.uint16).tofile(f)
-                records.append({"title": doc.title, "split": split, "tokens": len(ids)})
+    try:
+        with open(tmp / "tokens.bin", "wb") as f:
+            batches = _batches(_with_splits(docs, source, options), 64)
+            for batch in tqdm(batches, desc=f"tokenize {source.name}", unit="batch", leave=False):
+                for (doc, split), ids in zip(
+                    batch, options.tokenizer.encode_batch([d.text for d, _ in batch]), strict=True
+                ):
+                    np.asarray(ids, dtype=np.uint16).tofile(f)
+                    records.append({"title": doc.title, "split": split, "tokens": len(ids)})
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        if isinstance(err, HaxError):
+            raise
+        raise FetchError(f"cannot read {source.package}: {type(err).__name__}: {err}") from None
     with open(tmp / "docs.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     summary = {

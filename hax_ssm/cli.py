@@ -14,6 +14,7 @@ except ImportError:  # older typer depends on click
 
 from hax_ssm import __version__
 from hax_ssm.errors import HaxError
+from hax_ssm.lm.commands import app as lm_app
 
 app = typer.Typer(
     name="hax",
@@ -34,6 +35,9 @@ def _root() -> None:
 def version() -> None:
     """Print the package version."""
     print(__version__)
+
+
+app.add_typer(lm_app)  # hax corpus / ruler / longbench
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ except ImportError:  # older typer depends on click
 
 from hax_ssm import __version__
 from hax_ssm.errors import HaxError
+from hax_ssm.lm.commands import app as lm_app
 from hax_ssm.models import commands as models_command
 
 app = typer.Typer(
@@ -37,7 +38,8 @@ def version() -> None:
     print(__version__)
 
 
-app.command()(models_command.models)
+app.add_typer(lm_app)  # hax corpus / ruler / longbench
+app.command()(models_command.models)  # hax models
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from hax_ssm.errors import HaxError
         ("mamba", {"scan_impl": "fast"}, "scan_impl='fast'"),
         ("mamba", {"hidden_size": 0}, "hidden_size=0"),
         ("mamba", {"gate_loss_weight": -1.0}, "gate_loss_weight=-1.0"),
-        ("mamba", {"hiden_size": 64}, "no setting 'hiden_size'"),
+        ("mamba", {"hiden_size": 64}, "override: hax_mamba has no setting 'hiden_size'"),
         ("mambo", {}, "preset 'mambo': unknown; allowed: mamba, mamba_2x"),
     ],
 )
@@ -35,6 +35,12 @@ def test_bad_config_is_refused_when_loaded_too(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"model_type": "hax_mamba", "sparse_arch": "hax", "sparse_keys": 9}')
     with pytest.raises(HaxError, match="sparse_keys=9"):
+        hm.load_config(bad)
+    bad.write_text('{"model_type": "hax_mamba", "hiden_size": 9}')
+    with pytest.raises(HaxError, match=r"bad\.json: hax_mamba has no setting 'hiden_size'"):
+        hm.load_config(bad)
+    bad.write_text('{"model_type": "mamba"}')
+    with pytest.raises(HaxError, match="model_type 'mamba'; allowed: hax_mamba"):
         hm.load_config(bad)
     with pytest.raises(HaxError, match="sparse_keys=9"):
         hm.HaxMambaConfig(sparse_arch="hax", sparse_keys=9)
@@ -58,6 +64,8 @@ def test_presets_and_overrides():
     samba = hm.load_config("samba")
     assert samba.layer_kinds() == ["mamba", "attention", "mamba", "attention"] and samba.hidden_size == 64
     assert hm.load_config("mamba", sparse_arch="none").sparse_spec is None
+    from_config = hm.load_config(config, sparse_keys=32)
+    assert from_config.sparse_keys == 32 and from_config.hidden_size == 128 and config.sparse_keys == 64
 
 
 def test_cli_reports_a_bad_preset_in_one_line(capsys):

@@ -16,6 +16,7 @@ from hax_ssm import __version__
 from hax_ssm.errors import HaxError
 from hax_ssm.lm.commands import app as lm_app
 from hax_ssm.models import commands as models_command
+from hax_ssm.theory.commands import app as theory_app
 
 app = typer.Typer(
     name="hax",
@@ -40,6 +41,7 @@ def version() -> None:
 
 app.add_typer(lm_app)  # hax corpus / ruler / longbench
 app.command()(models_command.models)  # hax models
+app.add_typer(theory_app)  # hax theory construct / bound
 
 
 def main(argv: list[str] | None = None) -> int:

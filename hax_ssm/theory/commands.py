@@ -11,7 +11,9 @@ import typer
 
 from hax_ssm.errors import require
 
-app = typer.Typer(name="theory", help="Section 6 of the paper: the construction and the fixed-state bound.", no_args_is_help=True)
+app = typer.Typer(
+    name="theory", help="Section 6 of the paper: the construction and the fixed-state bound.", no_args_is_help=True
+)
 
 OUT_DIR = Path("results/theory")
 _OutDir = Annotated[Path, typer.Option("--out-dir", help="where the JSON and theory.png go")]
@@ -75,21 +77,28 @@ def construct(
 
 @app.command()
 def bound(
-    work_dir: Annotated[Path, typer.Option(help="data set and training runs (resumable: run again to continue)")] = Path(
-        "runs/theory-bound"
-    ),
+    work_dir: Annotated[
+        Path, typer.Option(help="data set and training runs (resumable: run again to continue)")
+    ] = Path("runs/theory-bound"),
     steps: Annotated[int, typer.Option(help="training steps per model")] = 500,
     seed: Annotated[int, typer.Option(help="seed of the data and of the models")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads; these models are too small to gain from more")] = 1,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
     out_dir: _OutDir = OUT_DIR,
 ) -> None:
     """Train small fixed-state models (Mamba, Mamba + sliding window) and score them against the bounds."""
+    import torch
+
     from hax_ssm.theory.fixed_state import BoundExperiment, run_bound_experiment
     from hax_ssm.theory.plot import BOUND_JSON
 
     require(steps >= 1, f"--steps {steps}: must be at least 1")
+    require(threads >= 1, f"--threads {threads}: must be at least 1")
+    torch.set_num_threads(threads)
     body = run_bound_experiment(work_dir, BoundExperiment(steps=steps, seed=seed), progress=progress)
     for model in body["models"]:
-        cells = ", ".join(f"n={r['entries']}: {r['value_accuracy']:.2f}/{r['exact_match']:.2f}" for r in model["by_entries"])
+        cells = ", ".join(
+            f"n={r['entries']}: {r['value_accuracy']:.2f}/{r['exact_match']:.2f}" for r in model["by_entries"]
+        )
         print(f"{model['name']} ({model['state_bits']} bits) value accuracy/exact match: {cells}")
     _write(out_dir, BOUND_JSON, body)

@@ -158,7 +158,9 @@ class RecallConstruction(nn.Module):
         self.register_buffer("value_codes", value_codes)
         self.register_buffer("embedding", self._embedding_table(level_codes, value_codes, state_dim))
         # block of every channel: the W levels, the values, then the sign channel as a block of its own
-        self.register_buffer("channel_block", torch.repeat_interleave(torch.arange(len(lengths) + 1), torch.tensor([*lengths, 1])))
+        self.register_buffer(
+            "channel_block", torch.repeat_interleave(torch.arange(len(lengths) + 1), torch.tensor([*lengths, 1]))
+        )
 
         n = math.prod(scheme.max_sizes)
         slack = max(1, math.ceil(math.log2(n)))

@@ -56,6 +56,7 @@ class BoundExperiment:
     batch_size: int = 32
     lr: float = 1e-2
     warmup_steps: int = 50
+    eval_every: int = 250  # validate (keep the best weights) every so many steps and at the end
     seed: int = 0
     models: tuple[FixedStateModel, ...] = field(default=MODELS)
 
@@ -102,9 +103,9 @@ def train_config(experiment: BoundExperiment, model: FixedStateModel, data_dir: 
         steps=experiment.steps,
         warmup_steps=experiment.warmup_steps,
         batch_size=experiment.batch_size,
-        eval_every=max(1, experiment.steps // 2),
+        eval_every=experiment.eval_every,
         eval_batch_size=256,
-        log_every=min(50, experiment.steps),
+        log_every=50,
         seed=experiment.seed,
         device="cpu",
         precision="fp32",
@@ -136,9 +137,14 @@ def recall_by_entries(model: torch.nn.Module, loader: Any) -> dict[int, dict[str
     model.eval()
     sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
     for batch in loader:
-        scores = score_recall(model(batch.input_ids, attention_mask=batch.attention_mask).logits, batch.input_ids, batch.loss_mask)
+        scores = score_recall(
+            model(batch.input_ids, attention_mask=batch.attention_mask).logits, batch.input_ids, batch.loss_mask
+        )
         for n, acc, exact in zip(
-            batch.sizes.prod(1).tolist(), scores.sample_accuracy.tolist(), (scores.correct == scores.count).tolist(), strict=True
+            batch.sizes.prod(1).tolist(),
+            scores.sample_accuracy.tolist(),
+            (scores.correct == scores.count).tolist(),
+            strict=True,
         ):
             sums[n][0] += acc
             sums[n][1] += exact
@@ -190,4 +196,9 @@ def run_bound_experiment(work_dir: str | Path, experiment: BoundExperiment, prog
             }
         )
     settings = {k: v for k, v in asdict(experiment).items() if k != "models"}
-    return {"experiment": settings, "bits_per_number": BITS_PER_NUMBER, "chance": 1 / experiment.n_values, "models": rows}
+    return {
+        "experiment": settings,
+        "bits_per_number": BITS_PER_NUMBER,
+        "chance": 1 / experiment.n_values,
+        "models": rows,
+    }

@@ -67,7 +67,9 @@ def plot_theory(out_dir: str | Path, construct: dict[str, Any] | None, bound: di
         _construction_panels((acc_exact, acc_value, state, time_ax), construct)
         n_max = max(r["entries"] for r in construct["rows"])
     if bound is not None:
-        _fixed_state_panels((acc_exact, acc_value), bound, max(n_max, 4 * max(m["state_bits"] for m in bound["models"])))
+        _fixed_state_panels(
+            (acc_exact, acc_value), bound, max(n_max, 4 * max(m["state_bits"] for m in bound["models"]))
+        )
     acc_exact.set(title="whole table recalled exactly (dashed: 2^b / |V|^n)", ylabel="exact match")
     acc_value.set(title="per-value accuracy (dashed: Fano bound of a b-bit state)", ylabel="accuracy")
     for ax in axes.flat:
@@ -86,4 +88,3 @@ def plot_theory(out_dir: str | Path, construct: dict[str, Any] | None, bound: di
     path = Path(out_dir) / FIGURE
     atomic_write_bytes(path, buffer.getvalue())
     return path
-

@@ -8,10 +8,11 @@ import torch
 
 pytest.importorskip("hax_ssm.data.joint_recall")
 
-from hax_ssm.data.joint_recall import draw_samples, inquiry_key_mask  # noqa: E402
-from hax_ssm.data.tokens import FIRST_VALUE_ID  # noqa: E402
-from hax_ssm.errors import HaxError  # noqa: E402
-from hax_ssm.theory.construction import (  # noqa: E402
+from hax_ssm.data.joint_recall import draw_samples, inquiry_key_mask
+from hax_ssm.data.tokens import FIRST_VALUE_ID
+
+from hax_ssm.errors import HaxError
+from hax_ssm.theory.construction import (
     RecallConstruction,
     construction_scheme,
     id_codes,

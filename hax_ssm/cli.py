@@ -15,6 +15,7 @@ except ImportError:  # older typer depends on click
 from hax_ssm import __version__
 from hax_ssm.errors import HaxError
 from hax_ssm.lm.commands import app as lm_app
+from hax_ssm.models import commands as models_command
 
 app = typer.Typer(
     name="hax",
@@ -38,6 +39,7 @@ def version() -> None:
 
 
 app.add_typer(lm_app)  # hax corpus / ruler / longbench
+app.command()(models_command.models)  # hax models
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,3 +64,16 @@ def test_generate_left_padded_batch_equals_one_by_one(base):
     batch = model.generate(ids, attention_mask=mask, **kwargs)
     assert torch.equal(batch[0], model.generate(long, **kwargs)[0])
     assert torch.equal(batch[1, 4:], model.generate(short, **kwargs)[0])
+
+
+def test_cache_size_does_not_grow_without_a_branch():
+    """SSM states are fixed-size and Samba keeps only its window: decoding memory is O(1) in length."""
+    model = tiny_model("samba", None)  # layer 0 Mamba, layer 1 attention with window 6
+    with torch.no_grad():
+        cache = model(torch.randint(5, 100, (1, 30)), use_cache=True).past_key_values
+        mamba, attention = cache.layers
+        assert attention.keys.shape[1] == model.config.window_size - 1
+        shapes = (mamba.conv.shape, mamba.ssm.shape, attention.keys.shape)
+        cache = model(torch.randint(5, 100, (1, 1)), past_key_values=cache).past_key_values
+    mamba, attention = cache.layers
+    assert (mamba.conv.shape, mamba.ssm.shape, attention.keys.shape) == shapes

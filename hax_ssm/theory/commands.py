@@ -17,6 +17,15 @@ app = typer.Typer(
 
 OUT_DIR = Path("results/theory")
 _OutDir = Annotated[Path, typer.Option("--out-dir", help="where the JSON and theory.png go")]
+# On a shared 2-core machine two intra-op threads made these small ops up to 7x slower than one.
+_Threads = Annotated[int, typer.Option(help="torch threads")]
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    require(threads >= 1, f"--threads {threads}: must be at least 1")
+    torch.set_num_threads(threads)
 
 
 def table_shapes(levels: int, max_entries: int) -> list[tuple[int, ...]]:
@@ -52,15 +61,18 @@ def construct(
         int, typer.Option(help="samples per table size: this many entries' worth, between 1 and 64 tables")
     ] = 65536,
     seed: Annotated[int, typer.Option(help="seed of the tables, codes and hash projections")] = 0,
+    threads: _Threads = 1,
     out_dir: _OutDir = OUT_DIR,
 ) -> None:
     """Run the hand-built SSM + LSH-attention model on random joint recall tables of growing size."""
     from tqdm import tqdm
 
-    from hax_ssm.theory.construction import measure_construction
+    from hax_ssm.theory.construction import measure_construction, scaling_summary
     from hax_ssm.theory.plot import CONSTRUCT_JSON
 
     require(entries_per_shape >= 1, f"--entries-per-shape {entries_per_shape}: must be at least 1")
+    _set_threads(threads)
+    levels = sorted(set(levels))
     shapes = [shape for w in levels for shape in table_shapes(w, max_entries)]
     rows = []
     for shape in tqdm(shapes, desc="construct", unit="table size"):
@@ -72,7 +84,11 @@ def construct(
             f"{row['value_accuracy']:.4f}, exact {row['exact_match']:.3f}, state {row['state_dim']}, "
             f"k_c {row['part_keys']}, hashes {row['num_hash']}, {row['seconds_per_sample']['total']:.3f} s/sample"
         )
-    _write(out_dir, CONSTRUCT_JSON, {"rows": rows})
+    by_levels = {w: [r for r in rows if r["levels"] == w] for w in levels}
+    scaling = {f"W={w}": scaling_summary(some) for w, some in by_levels.items() if len(some) >= 2}
+    for name, summary in scaling.items():
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
+    _write(out_dir, CONSTRUCT_JSON, {"rows": rows, "scaling": scaling})
 
 
 @app.command()
@@ -82,19 +98,16 @@ def bound(
     ] = Path("runs/theory-bound"),
     steps: Annotated[int, typer.Option(help="training steps per model")] = 500,
     seed: Annotated[int, typer.Option(help="seed of the data and of the models")] = 0,
-    threads: Annotated[int, typer.Option(help="torch threads; these models are too small to gain from more")] = 1,
+    threads: _Threads = 1,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
     out_dir: _OutDir = OUT_DIR,
 ) -> None:
     """Train small fixed-state models (Mamba, Mamba + sliding window) and score them against the bounds."""
-    import torch
-
     from hax_ssm.theory.fixed_state import BoundExperiment, run_bound_experiment
     from hax_ssm.theory.plot import BOUND_JSON
 
     require(steps >= 1, f"--steps {steps}: must be at least 1")
-    require(threads >= 1, f"--threads {threads}: must be at least 1")
-    torch.set_num_threads(threads)
+    _set_threads(threads)
     body = run_bound_experiment(work_dir, BoundExperiment(steps=steps, seed=seed), progress=progress)
     for model in body["models"]:
         cells = ", ".join(

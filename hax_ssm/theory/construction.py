@@ -242,7 +242,7 @@ def construction_scheme(shape: tuple[int, ...], n_values: int = 16) -> JointReca
     """The id scheme of tables of exactly ``shape`` (ids beyond the reference's 100-token vocabulary as needed)."""
     require(len(shape) >= 1 and all(n >= 1 for n in shape), f"table shape {shape}: every side must be >= 1")
     require(n_values >= 2, f"n_values={n_values}: need at least 2 values")
-    ids = JointRecallScheme(n_values, tuple(shape), vocab_size=0).ids_needed
+    ids = JointRecallScheme(n_values, tuple(shape)).ids_needed
     return JointRecallScheme(n_values, tuple(shape), vocab_size=ids)
 
 
@@ -268,7 +268,7 @@ def measure_construction(
     tokens = torch.from_numpy(tokens_np.astype(np.int64))
     scored = torch.from_numpy(inquiry_key_mask(tuple(shape))[:-1]).bool()  # next token is an answer
     model = RecallConstruction(scheme, seed=seed, scan_impl=scan_impl)
-    model(tokens[:1])  # warm-up: first calls of some ops are slow
+    model(tokens[:1, :256])  # warm-up: the first calls of some ops are slow
     seconds = time_stages(model, tokens[:1])
     with torch.no_grad():
         states = model.ssm(model.embed(tokens))
@@ -290,4 +290,21 @@ def measure_construction(
         **asdict(model.settings),
         "max_bucket_keys": int(load[:, :-1][:, scored].max()),
         "seconds_per_sample": seconds,
+    }
+
+
+def scaling_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """How state and time grow over rows of one W: state numbers per doubling of n (a line in
+    log2 n fits exactly when the state is O(log n)), and the exponent p of time ~ n^p between the
+    two largest tables, next to that of n log^2 n over the same range."""
+    rows = sorted(rows, key=lambda r: r["entries"])
+    log_n = np.log2([r["entries"] for r in rows])
+    slope, intercept = np.polyfit(log_n, [r["state_dim"] for r in rows], 1)
+    (n0, t0), (n1, t1) = ((r["entries"], r["seconds_per_sample"]["total"]) for r in rows[-2:])
+    reference = math.log((n1 * math.log2(n1) ** 2) / (n0 * math.log2(n0) ** 2)) / math.log(n1 / n0)
+    return {
+        "state_per_doubling": float(slope),
+        "state_at_one_entry": float(intercept),
+        "time_exponent": math.log(t1 / t0) / math.log(n1 / n0),
+        "n_log2_n_exponent": reference,
     }

@@ -21,15 +21,19 @@ def _construction_panels(axes: Any, construct: dict[str, Any]) -> None:
     for levels in sorted({r["levels"] for r in construct["rows"]}):
         rows = [r for r in construct["rows"] if r["levels"] == levels]
         n = np.array([r["entries"] for r in rows])
-        style = dict(color="k", marker="o" if levels == 2 else "^", ms=4, label=f"construction, W={levels}")
-        acc_exact.plot(n, [r["exact_match"] for r in rows], **style)
-        acc_value.plot(n, [r["value_accuracy"] for r in rows], **style)
-        state.plot(n, [r["state_dim"] for r in rows], "o-", label=f"SSM state, W={levels}")
-        state.plot(n, [r["part_keys"] for r in rows], "s--", ms=3, label=f"keys per query k_c, W={levels}")
+        marker = "o" if levels == 2 else "^"
+        for ax, key in ((acc_exact, "exact_match"), (acc_value, "value_accuracy")):
+            ax.plot(n, [r[key] for r in rows], color="k", marker=marker, ms=4, label=f"construction, W={levels}")
+        state.plot(n, [r["state_dim"] for r in rows], marker=marker, label=f"SSM state, W={levels}")
+        state.plot(
+            n, [r["part_keys"] for r in rows], marker=marker, ls="--", ms=3, label=f"keys per query k_c, W={levels}"
+        )
         seconds = np.array([r["seconds_per_sample"]["total"] for r in rows])
-        time_ax.plot(n, seconds, "o-", label=f"measured, W={levels}")
+        time_ax.plot(n, seconds, marker=marker, label=f"measured, W={levels}")
         ref = n * np.log2(n) ** 2
-        time_ax.plot(n, ref * seconds[-1] / ref[-1], ":", color="grey", label="n log² n" if levels == 2 else None)
+        time_ax.plot(
+            n, ref * seconds[-1] / ref[-1], ":", color="grey", label="n log² n (scaled)" if levels == 2 else None
+        )
     state.set(xlabel="table entries n", ylabel="numbers", title="construction: state and keys per query")
     time_ax.set(xlabel="table entries n", ylabel="seconds per sample", title="construction: run time (CPU)")
     time_ax.set_yscale("log")

@@ -38,13 +38,16 @@ not change a sign), so a token's bucket depends on its address only. Why every v
    a union bound over the queries ``P(some query fails) <= (2W + 3) S_h / (s + 1)`` with
    ``S_h = sum_{x != y} (1 - theta_xy / pi) ** h``. :func:`lsh_failure_bound` computes this
    exactly from the codes (a histogram of per-level Hamming distances, never n^2 pairs) and
-   the model takes the smallest h (at most 63, the library's sign-bin limit) that brings it
-   under ``failure_target``. Tokens whose state still has empty blocks come before every
-   answer, so they never count.
+   the model takes the smallest h that brings it under ``failure_target``, or 63 (the library's
+   sign-bin limit) where none does; the bound is then reported as it is. It is loose: it counts
+   colliding tokens in expectation, while a failure needs s + 1 of them in one window
+   (:func:`measure_construction` reports the fullest bucket any query saw). Tokens whose state
+   still has empty blocks come before every answer, so they never count.
 
-Cost per sample with L = O(W n) tokens: the scan O(L d), hashing O(L d h), the bucket sort
-O(L log L) and the attention O(L k_c d) with d, h, k_c = O(log n): O(n log^2 n) time, and an SSM
-state of O(W log n) numbers (the attention keeps its keys, as any attention does).
+Cost per sample with L ~ 4n tokens: the scan O(L d), hashing O(L d h), the bucket sort
+O(L log L) and the attention O(L k_c d) with d, k_c = O(log n) and h = O(log n) (the bound
+needs h ~ 2 log2 n + const): O(n log^2 n) time, and an SSM state of O(W log n) numbers (the
+attention keeps its keys, as any attention does).
 """
 
 from __future__ import annotations

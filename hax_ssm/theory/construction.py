@@ -18,9 +18,11 @@ context from the preceding context token. State: ``sum_l b_l + b_V + 1 = O(W log
 
 Layer 2, LSH attention (:func:`hax_ssm.ops.attention.sparse_attention`, pattern
 ``sign_bin_lsh``, buckets from :func:`hax_ssm.ops.lsh.bucketize`). On the state ``[a, v, s]``
-(a = the W address blocks): query ``beta [a, 1]``, key ``[a, s]``, value ``[v, 1]``. The hash
-projection is Gaussian on the address coordinates and 0 on the sign (and the query's scale does
-not change a sign), so a token's bucket depends on its address only. Why every value is right:
+(a = the W address blocks): query ``beta [a, 1]``, key ``[a, s]``, value ``[v, 1]``. A token's
+bucket, as query and as key, is the sign pattern of its address under a Gaussian projection:
+queries and keys hash the very same numbers. (Hashing q and k themselves would be the same in
+exact arithmetic, but their different scales once flipped a sign bit sitting at 1e-8 in a
+million-token sample.) Why every value is right:
 
 1. The query and its answer (the information part's value token of the same address) have the
    same address, hence the same bucket, always (no randomness).
@@ -172,9 +174,7 @@ class RecallConstruction(nn.Module):
         met = np.flatnonzero(bounds <= failure_target)
         num_hash = int(met[0]) + 1 if len(met) else MAX_SIGN_BIN_HASHES
         self.spec = parse_sparse_arch("sign_bin_lsh", sparse_keys=part_keys, num_hash=num_hash)
-        hash_proj = torch.zeros(self.address_dim + 1, num_hash)
-        hash_proj[: self.address_dim] = torch.randn(self.address_dim, num_hash, generator=generator)
-        self.register_buffer("hash_proj", hash_proj)
+        self.register_buffer("hash_proj", torch.randn(self.address_dim, num_hash, generator=generator))
         self.settings = ConstructionSettings(
             code_lengths=tuple(lengths),
             state_dim=state_dim,
@@ -223,14 +223,15 @@ class RecallConstruction(nn.Module):
         v = torch.cat([states[..., self.address_dim : -1], one], -1)
         return q, k, v
 
-    def buckets(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        return bucketize(q, self.hash_proj, "sign_bin"), bucketize(k, self.hash_proj, "sign_bin")
+    def buckets(self, states: Tensor) -> Tensor:
+        """Sign-bin bucket ``[B, L]`` of every token's address: its bucket as a query and as a key."""
+        return bucketize(states[..., : self.address_dim], self.hash_proj, "sign_bin")
 
     def attend(self, states: Tensor) -> Tensor:
         """LSH attention over the SSM states: ``[B, L, b_V + 1]`` (the recalled value code, then the weight sum)."""
         q, k, v = self.query_key_value(states)
-        q_buckets, k_buckets = self.buckets(q, k)
-        return sparse_attention(q, k, v, self.spec, q_buckets=q_buckets, k_buckets=k_buckets, impl=self.attention_impl)
+        buckets = self.buckets(states)
+        return sparse_attention(q, k, v, self.spec, q_buckets=buckets, k_buckets=buckets, impl=self.attention_impl)
 
     def value_logits(self, attended: Tensor) -> Tensor:
         """Nearest value code: logits ``[B, L, n_values]``."""
@@ -276,11 +277,11 @@ def measure_construction(
     with torch.no_grad():
         states = model.ssm(model.embed(tokens))
         logits = model.value_logits(model.attend(states))
-        q_buckets, k_buckets = model.buckets(*model.query_key_value(states)[:2])
+        buckets = model.buckets(states)
     answers = tokens[:, 1:][:, scored] - FIRST_VALUE_ID
     correct = logits[:, :-1][:, scored].argmax(-1) == answers
     # the largest number of keys any inquiry key found in its bucket (the window keeps part_keys)
-    load = lsh_candidates(q_buckets, k_buckets, torch.ones_like(tokens, dtype=torch.bool), 1).q_count
+    load = lsh_candidates(buckets, buckets, torch.ones_like(tokens, dtype=torch.bool), 1).q_count
     return {
         "levels": len(shape),
         "shape": list(shape),

@@ -145,3 +145,17 @@ def test_bad_input_is_refused():
         construction_scheme((0, 3))
     with pytest.raises(HaxError, match="failure_target"):
         RecallConstruction(scheme, failure_target=0)
+
+
+def test_tokens_of_one_address_share_a_bucket_as_queries_and_keys():
+    shape = (6, 5)
+    scheme = construction_scheme(shape)
+    model = RecallConstruction(scheme)
+    tokens = torch.from_numpy(draw_samples(shape, 2, scheme, np.random.default_rng(5)).astype(np.int64))
+    states = model.ssm(model.embed(tokens))
+    address = states[..., : model.address_dim]
+    buckets = model.buckets(states)
+    same_address = (address[:, :, None] == address[:, None, :]).all(-1)
+    same_bucket = buckets[:, :, None] == buckets[:, None, :]
+    assert same_bucket[same_address].all()
+    assert same_bucket[~same_address].float().mean() < 0.01  # distinct addresses rarely collide

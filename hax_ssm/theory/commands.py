@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,16 +40,22 @@ def table_shapes(levels: int, max_entries: int) -> list[tuple[int, ...]]:
 
 
 def _write(out_dir: Path, name: str, body: dict[str, Any]) -> None:
-    from hax_ssm.theory.plot import BOUND_JSON, CONSTRUCT_JSON, plot_theory
     from hax_ssm.utils.io import atomic_write_json
     from hax_ssm.utils.provenance import provenance
 
     atomic_write_json(out_dir / name, {**body, "provenance": provenance()})
-    found = {}
-    for key, file in (("construct", CONSTRUCT_JSON), ("bound", BOUND_JSON)):
-        path = out_dir / file
-        found[key] = json.loads(path.read_text()) if path.is_file() else None
-    print(f"wrote {out_dir / name} and {plot_theory(out_dir, found['construct'], found['bound'])}")
+    print(f"wrote {out_dir / name}")
+    plot(out_dir)
+
+
+@app.command()
+def plot(out_dir: _OutDir = OUT_DIR) -> None:
+    """Draw theory.png from the JSON files of construct and bound found in --out-dir."""
+    from hax_ssm.theory.plot import load_results, plot_theory
+
+    construct, bound = load_results(out_dir)
+    require(construct is not None or bound is not None, f"--out-dir {out_dir}: no construct.json or bound.json to plot")
+    print(f"wrote {plot_theory(out_dir, construct, bound)}")
 
 
 @app.command()

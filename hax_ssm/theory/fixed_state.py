@@ -114,19 +114,18 @@ def train_config(experiment: BoundExperiment, model: FixedStateModel, data_dir: 
 
 
 def train_resumable(config: Any) -> None:
-    """Train to the end: start fresh, continue a killed run, or do nothing for a finished one."""
+    """Train to ``config.steps``: start fresh or continue from the last checkpoint (a finished
+    run returns at once; one given more steps goes on)."""
     from hax_ssm.train.config import TrainConfig, merge_for_resume
     from hax_ssm.train.run_dir import RunDir
     from hax_ssm.train.trainer import Trainer
 
     run = RunDir(config.save_dir)
-    if run.has_checkpoint():
+    resume = run.has_checkpoint()
+    if resume:
         stored = TrainConfig.from_dict(run.read_json(run.config)["train"])
         merge_for_resume(stored, config.to_dict())  # refuses a changed experiment in the same directory
-        if not run.is_finished():
-            Trainer(config, resume=True).fit()
-    else:
-        Trainer(config, overwrite=True).fit()
+    Trainer(config, resume=resume, overwrite=not resume).fit()
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ def _construction_panels(axes: Any, construct: dict[str, Any]) -> None:
         n = np.array([r["entries"] for r in rows])
         marker = "o" if levels == 2 else "^"
         for ax, key in ((acc_exact, "exact_match"), (acc_value, "value_accuracy")):
-            ax.plot(n, [r[key] for r in rows], color="k", marker=marker, ms=4, label=f"construction, W={levels}")
+            label = f"construction, W={levels}, |V|={rows[0]['n_values']}"
+            ax.plot(n, [r[key] for r in rows], color="k", marker=marker, ms=4, label=label)
         state.plot(n, [r["state_dim"] for r in rows], marker=marker, label=f"SSM state, W={levels}")
         state.plot(
             n, [r["part_keys"] for r in rows], marker=marker, ls="--", ms=3, label=f"keys per query k_c, W={levels}"
@@ -47,13 +49,20 @@ def _fixed_state_panels(axes: Any, bound: dict[str, Any], n_max: int) -> None:
         color = f"C{i}"
         rows = model["by_entries"]
         n = [r["entries"] for r in rows]
-        label = f"{model['name']} ({model['state_bits']:,} bits)"
+        label = f"{model['name']} ({model['state_bits']:,} bits), |V|={n_values}"
         acc_exact.plot(n, [r["exact_match"] for r in rows], "o-", color=color, ms=3, label=label)
         acc_value.plot(n, [r["value_accuracy"] for r in rows], "o-", color=color, ms=3, label=label)
         bits = model["state_bits"]
         acc_exact.plot(grid, [exact_recall_bound(bits, int(g), n_values) for g in grid], "--", color=color, lw=0.8)
         acc_value.plot(grid, [value_accuracy_bound(bits, int(g), n_values) for g in grid], "--", color=color, lw=0.8)
     acc_value.axhline(bound["chance"], color="grey", lw=0.8, ls=":", label=f"chance (|V|={n_values})")
+
+
+def load_results(out_dir: str | Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The construct and bound JSON files in ``out_dir`` (None where missing)."""
+    paths = (Path(out_dir) / CONSTRUCT_JSON, Path(out_dir) / BOUND_JSON)
+    construct, bound = (json.loads(p.read_text()) if p.is_file() else None for p in paths)
+    return construct, bound
 
 
 def plot_theory(out_dir: str | Path, construct: dict[str, Any] | None, bound: dict[str, Any] | None) -> Path:

@@ -45,3 +45,8 @@ def test_bad_options_fail_in_one_line(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"hax: error: {message}"]
     assert not any(tmp_path.iterdir())
+
+
+def test_plot_needs_results(tmp_path, capsys):
+    assert main(["theory", "plot", "--out-dir", str(tmp_path)]) == 2
+    assert "no construct.json or bound.json" in capsys.readouterr().err

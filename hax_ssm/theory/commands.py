@@ -70,15 +70,15 @@ def construct(
     out_dir: _OutDir = OUT_DIR,
 ) -> None:
     """Run the hand-built SSM + LSH-attention model on random joint recall tables of growing size."""
+    require(entries_per_shape >= 1, f"--entries-per-shape {entries_per_shape}: must be at least 1")
+    levels = sorted(set(levels))
+    shapes = [shape for w in levels for shape in table_shapes(w, max_entries)]
+    _set_threads(threads)
     from tqdm import tqdm
 
     from hax_ssm.theory.construction import measure_construction, scaling_summary
     from hax_ssm.theory.plot import CONSTRUCT_JSON
 
-    require(entries_per_shape >= 1, f"--entries-per-shape {entries_per_shape}: must be at least 1")
-    _set_threads(threads)
-    levels = sorted(set(levels))
-    shapes = [shape for w in levels for shape in table_shapes(w, max_entries)]
     rows = []
     for shape in tqdm(shapes, desc="construct", unit="table size"):
         samples = max(1, min(64, entries_per_shape // math.prod(shape)))

@@ -107,7 +107,7 @@ def make_plan(
     key_scores: Tensor | None,
 ) -> Plan:
     parts = Parts.of(spec)
-    b, n, dk = q.shape
+    n, dk = q.shape[1:]
     dims = {"DK": dk, "DV": v.shape[-1], "DKP": padded(dk), "DVP": padded(v.shape[-1]), "PREC": precision(q.dtype)}
     blocks = choose_blocks(dims["DVP"], q.dtype)
     nb = cdiv(n, blocks.q)

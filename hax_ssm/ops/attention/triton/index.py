@@ -201,7 +201,7 @@ class LshIndex(NamedTuple):
 
 
 def lsh_index(q_buckets: Tensor, k_buckets: Tensor, key_mask: Tensor, k_c: int) -> LshIndex:
-    b, n = k_buckets.shape
+    n = k_buckets.shape[1]
     pos = torch.arange(n, device=k_buckets.device)
     # Dense ids of the bucket values of each row (ids < 2n), so (id, position) packs into one int64
     # without a host sync (torch.unique would need one).
@@ -303,6 +303,7 @@ def far_key_segments(parts: Parts, prefix_pos: Tensor, n_global: int, blocks: Bl
         held |= pos % parts.r == parts.r - 1
     keys = torch.where(held, NO_KEY, pos).view(b, -1)
     n_slots = n_global + k_c
-    rows = torch.arange(n_chunks, device=pos.device)[:, None] * n_slots + n_global + torch.arange(k_c, device=pos.device)
+    slots = n_global + torch.arange(k_c, device=pos.device)
+    rows = torch.arange(n_chunks, device=pos.device)[:, None] * n_slots + slots
     keys, order = keys.sort(dim=1, stable=True)
     return keys.to(torch.int32).contiguous(), rows.flatten()[order].to(torch.int32).contiguous()

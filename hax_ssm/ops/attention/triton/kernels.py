@@ -113,7 +113,9 @@ def _held_by_global(j, k_c, r, sink, dil):
 
 
 @triton.jit
-def _kernel1_keys(w, n_range, n_sink, n_dil, lo, end, sink_hi, dil_w0, dil_w1, PREFIX, k_c, r, sink, dil, BK: tl.constexpr):
+def _kernel1_keys(
+    w, n_range, n_sink, n_dil, lo, end, sink_hi, dil_w0, dil_w1, PREFIX, k_c, r, sink, dil, BK: tl.constexpr
+):
     """Candidate tile w of a query block: its keys j [BK] and which of them are listed (each key once)."""
     offs = tl.arange(0, BK)
     if w < n_range:  # the contiguous range [lo, end)
@@ -162,14 +164,14 @@ def _softmax_step(m_i, l_i, acc, q, kt, vt, allowed, PREC: tl.constexpr):
 @triton.jit
 def _merge(o1, lse1, m_i, l_i, acc):
     """Exact union of two disjoint key sets: (o1, lse1) and the unnormalised (m_i, l_i, acc)."""
-    lse2 = tl.where(l_i > 0, m_i + tl.log(l_i), float("-inf"))
+    lse2 = tl.where(l_i > 0, m_i + tl.log(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
     top = tl.maximum(lse1, lse2)
     top = tl.where(top == float("-inf"), 0.0, top)
     w1 = tl.exp(lse1 - top)
     w2 = tl.exp(lse2 - top) / tl.where(l_i > 0, l_i, 1.0)
     total = w1 + w2 * l_i
     out = (o1 * w1[:, None] + acc * w2[:, None]) / tl.where(total > 0, total, 1.0)[:, None]
-    lse = tl.where(total > 0, top + tl.log(total), float("-inf"))
+    lse = tl.where(total > 0, top + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
     return out, lse
 
 
@@ -201,7 +203,25 @@ def _load_lse(LSE, offs, ok):
 
 
 @triton.jit
-def _load_key_tile(K, V, MASK, PACKED, z, n, j, ok, skb, skl, svb, svl, ks, DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr):
+def _load_key_tile(
+    K,
+    V,
+    MASK,
+    PACKED,
+    z,
+    n,
+    j,
+    ok,
+    skb,
+    skl,
+    svb,
+    svl,
+    ks,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    DKP: tl.constexpr,
+    DVP: tl.constexpr,
+):
     real = ok & (tl.load(MASK + z * n + j, mask=ok, other=0) != 0)
     packed = tl.load(PACKED + z * n + j, mask=ok & (ks != 0), other=0)
     kt = _load_rows(K + z * skb, j, ok, skl, DK, DKP)
@@ -210,7 +230,24 @@ def _load_key_tile(K, V, MASK, PACKED, z, n, j, ok, skb, skl, svb, svl, ks, DK: 
 
 
 @triton.jit
-def _load_query_grads(Q, DO, LSE, DELTA, THRESH, z, n, i, ok, sqb, sql, ks, DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr):
+def _load_query_grads(
+    Q,
+    DO,
+    LSE,
+    DELTA,
+    THRESH,
+    z,
+    n,
+    i,
+    ok,
+    sqb,
+    sql,
+    ks,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    DKP: tl.constexpr,
+    DVP: tl.constexpr,
+):
     q = _load_rows(Q + z * sqb, i, ok, sql, DK, DKP)
     do = _load_rows(DO + z * n * DV, i, ok, DV, DV, DVP)
     lse = _load_lse(LSE, z * n + i, ok)
@@ -257,7 +294,7 @@ def ks_threshold_kernel(PACKED, PREFIX, THRESH, n, nb, k_c, BQ: tl.constexpr, KC
 
 @_kernel
 def kernel1_fwd(
-    Q, K, V, O, LSE, MASK, PACKED, THRESH, PREFIX,
+    Q, K, V, OUT, LSE, MASK, PACKED, THRESH, PREFIX,
     sqb, sql, skb, skl, svb, svl, n, nb,
     k_c, r, full, sw, sink, dil, ks,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
@@ -277,18 +314,20 @@ def kernel1_fwd(
     l_i = tl.zeros([BQ], tl.float32)
     acc = tl.zeros([BQ, DVP], tl.float32)
     for w in range(0, n_range + n_sink + n_dil + n_ks):
-        j, ok = _kernel1_keys(w, n_range, n_sink, n_dil, lo, end, sink_hi, dil_w0, dil_w1, prefix, k_c, r, sink, dil, BK)
+        j, ok = _kernel1_keys(
+            w, n_range, n_sink, n_dil, lo, end, sink_hi, dil_w0, dil_w1, prefix, k_c, r, sink, dil, BK
+        )
         kt, vt, real, packed = _load_key_tile(K, V, MASK, PACKED, z, n, j, ok, skb, skl, svb, svl, ks, DK, DV, DKP, DVP)
         allowed = _kernel1_allowed(i, j, real, packed, t_i, k_c, r, full, sw, sink, dil, ks)
         m_i, l_i, acc = _softmax_step(m_i, l_i, acc, q, kt, vt, allowed, PREC)
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    _store_rows(O + z * n * DV, i, i_ok, DV, out.to(O.dtype.element_ty), DV, DVP)
-    tl.store(LSE + z * n + i, tl.where(l_i > 0, m_i + tl.log(l_i), float("-inf")), mask=i_ok)
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    _store_rows(OUT + z * n * DV, i, i_ok, DV, (acc / l_safe[:, None]).to(OUT.dtype.element_ty), DV, DVP)
+    tl.store(LSE + z * n + i, tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=i_ok)
 
 
 @_kernel
 def lsh_fwd(
-    Q, K, V, O, LSE, PACKED, THRESH, QPERM, KPERM, LO, END,
+    Q, K, V, OUT, LSE, PACKED, THRESH, QPERM, KPERM, LO, END,
     sqb, sql, skb, skl, svb, svl, n, merge,
     k_c, r, full, sw, sink, dil, ks,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
@@ -326,10 +365,10 @@ def lsh_fwd(
         m_i, l_i, acc = _softmax_step(m_i, l_i, acc, q, kt, vt, member, PREC)
         u += BK
     has_first = t_ok & (merge != 0)
-    o1 = _load_rows(O + z * n * DV, i, has_first, DV, DV, DVP).to(tl.float32)
+    o1 = _load_rows(OUT + z * n * DV, i, has_first, DV, DV, DVP).to(tl.float32)
     lse1 = tl.load(LSE + z * n + i, mask=has_first, other=float("-inf"))
     out, lse = _merge(o1, lse1, m_i, l_i, acc)
-    _store_rows(O + z * n * DV, i, t_ok, DV, out.to(O.dtype.element_ty), DV, DVP)
+    _store_rows(OUT + z * n * DV, i, t_ok, DV, out.to(OUT.dtype.element_ty), DV, DVP)
     tl.store(LSE + z * n + i, lse, mask=t_ok)
 
 
@@ -338,13 +377,13 @@ def lsh_fwd(
 
 
 @_kernel
-def delta_kernel(O, DO, DELTA, n, DV: tl.constexpr, DVP: tl.constexpr, BQ: tl.constexpr):
+def delta_kernel(OUT, DO, DELTA, n, DV: tl.constexpr, DVP: tl.constexpr, BQ: tl.constexpr):
     """delta = rowsum(dO * O) in fp32."""
     b = tl.program_id(0)
     z = tl.program_id(1).to(tl.int64)
     i = b * BQ + tl.arange(0, BQ)
     ok = i < n
-    o = _load_rows(O + z * n * DV, i, ok, DV, DV, DVP).to(tl.float32)
+    o = _load_rows(OUT + z * n * DV, i, ok, DV, DV, DVP).to(tl.float32)
     do = _load_rows(DO + z * n * DV, i, ok, DV, DV, DVP).to(tl.float32)
     tl.store(DELTA + z * n + i, tl.sum(o * do, 1), mask=ok)
 
@@ -368,7 +407,9 @@ def kernel1_dq(
     prefix = PREFIX + (z * nb + b) * k_c
     dq = tl.zeros([BQ, DKP], tl.float32)
     for w in range(0, n_range + n_sink + n_dil + n_ks):
-        j, ok = _kernel1_keys(w, n_range, n_sink, n_dil, lo, end, sink_hi, dil_w0, dil_w1, prefix, k_c, r, sink, dil, BK)
+        j, ok = _kernel1_keys(
+            w, n_range, n_sink, n_dil, lo, end, sink_hi, dil_w0, dil_w1, prefix, k_c, r, sink, dil, BK
+        )
         kt, vt, real, packed = _load_key_tile(K, V, MASK, PACKED, z, n, j, ok, skb, skl, svb, svl, ks, DK, DV, DKP, DVP)
         allowed = _kernel1_allowed(i, j, real, packed, t_i, k_c, r, full, sw, sink, dil, ks)
         dq = _dq_step(dq, q, do, lse, delta, kt, vt, allowed, PREC)
@@ -435,11 +476,13 @@ def near_dkdv(
     dk = tl.zeros([BK, DKP], tl.float32)
     dv = tl.zeros([BK, DVP], tl.float32)
     for b in range(kb * BK // BQ, min(stop, nb)):
-        start, end, lo = _block_range(b, n, k_c, full, sw, ks, BQ)
+        start, _, lo = _block_range(b, n, k_c, full, sw, ks, BQ)
         near_lo = min(lo, b // chunk * chunk * BQ)
         i = start + tl.arange(0, BQ)
         i_ok = i < n
-        q, do, lse, delta, t_i = _load_query_grads(Q, DO, LSE, DELTA, THRESH, z, n, i, i_ok, sqb, sql, ks, DK, DV, DKP, DVP)
+        q, do, lse, delta, t_i = _load_query_grads(
+            Q, DO, LSE, DELTA, THRESH, z, n, i, i_ok, sqb, sql, ks, DK, DV, DKP, DVP
+        )
         allowed = _kernel1_allowed(i, j, real, packed, t_i, k_c, r, full, sw, sink, dil, ks)
         allowed = allowed & (j[None, :] >= near_lo)
         dk, dv = _dkdv_step(dk, dv, kt, vt, q, do, lse, delta, allowed, PREC)
@@ -475,11 +518,13 @@ def far_dkdv(
     first = c * chunk
     stop = tl.where(c > 0, min(first + chunk, nb), first)  # chunk 0 has no far pairs
     for b in range(first, stop):
-        start, end, lo = _block_range(b, n, k_c, full, sw, ks, BQ)
+        start, _, lo = _block_range(b, n, k_c, full, sw, ks, BQ)
         near_lo = min(lo, first * BQ)
         i = start + tl.arange(0, BQ)
         i_ok = i < n
-        q, do, lse, delta, t_i = _load_query_grads(Q, DO, LSE, DELTA, THRESH, z, n, i, i_ok, sqb, sql, ks, DK, DV, DKP, DVP)
+        q, do, lse, delta, t_i = _load_query_grads(
+            Q, DO, LSE, DELTA, THRESH, z, n, i, i_ok, sqb, sql, ks, DK, DV, DKP, DVP
+        )
         allowed = _kernel1_allowed(i, j, real, packed, t_i, k_c, r, full, sw, sink, dil, ks)
         allowed = allowed & (j[None, :] < near_lo)
         dk, dv = _dkdv_step(dk, dv, kt, vt, q, do, lse, delta, allowed, PREC)
@@ -551,7 +596,9 @@ def lsh_dkdv(
         i = tl.load(QPERM + z * n + t, mask=t_ok, other=0)
         lo = tl.load(LO + z * n + t, mask=t_ok, other=0)
         en = tl.load(END + z * n + t, mask=t_ok, other=0)
-        q, do, lse, delta, t_i = _load_query_grads(Q, DO, LSE, DELTA, THRESH, z, n, i, t_ok, sqb, sql, ks, DK, DV, DKP, DVP)
+        q, do, lse, delta, t_i = _load_query_grads(
+            Q, DO, LSE, DELTA, THRESH, z, n, i, t_ok, sqb, sql, ks, DK, DV, DKP, DVP
+        )
         member = (u[None, :] >= lo[:, None]) & (u[None, :] < en[:, None]) & u_ok[None, :]
         member = member & ~_kernel1_allowed(i, j, u_ok, packed, t_i, k_c, r, full, sw, sink, dil, ks)
         dk, dv = _dkdv_step(dk, dv, kt, vt, q, do, lse, delta, member, PREC)

@@ -127,6 +127,16 @@ def test_interpreter_half_precision_and_left_padding(arch, dtype):
 
 
 @interpreter
+@pytest.mark.parametrize("arch", ["dilated", "sink+dilated", "sliding_window+dilated"])
+def test_interpreter_dilation_longer_than_the_sequence(arch):
+    """r = 2048 // 4 = 512 > L: no dilated key at all (and the first queries may see nothing)."""
+    spec = parse_sparse_arch(arch, sparse_keys=4 * len(arch.split("+")), data_max_length=2048)
+    (q, k, v, grad), extra = make_inputs(spec, 40, device="cpu", dtype=torch.float32, batch=2)
+    with tiles(**SMALL_TILES):
+        assert_matches(run("triton", spec, q, k, v, extra, grad), oracle(spec, q, k, v, extra, grad), torch.float32)
+
+
+@interpreter
 def test_interpreter_lsh_items_with_many_queries_per_key():
     """Bucket 7 has 2 keys and ~40 queries: long sorted-query ranges split into several items."""
     torch.manual_seed(0)

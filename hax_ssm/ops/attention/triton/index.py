@@ -81,7 +81,7 @@ class Parts:
         if self.sink:
             keys.append(torch.arange(min(self.k_c, n), device=device))
         if self.dil:
-            dilated = torch.arange(self.r - 1, n, self.r, device=device)
+            dilated = torch.arange(self.r - 1, max(n, self.r - 1), self.r, device=device)
             keys.append(dilated[dilated >= self.k_c] if self.sink else dilated)
         if not keys:
             return torch.zeros(0, dtype=torch.int32, device=device)

@@ -23,11 +23,19 @@ import triton.language as tl
 INT64_MIN: tl.constexpr = tl.constexpr(-(2**63))
 
 
+# Strides stay specialised (divisible by 16 or not): it lets loads of a row vectorise.
+STRIDES = ("sqb", "sql", "skb", "skl", "svb", "svl")
+
+
 def _kernel(fn):
-    """triton.jit that does not specialise on the values of integer arguments (lengths, strides, flags):
-    every pattern, length and batch size shares one compiled kernel per dtype and head size."""
+    """triton.jit that does not specialise on the values of integer arguments (lengths, flags) other than
+    strides: every pattern, length and batch size shares one compiled kernel per dtype and head size."""
     params = inspect.signature(fn).parameters
-    ints = [name for name, p in params.items() if name[0].islower() and p.annotation is inspect.Parameter.empty]
+    ints = [
+        name
+        for name, p in params.items()
+        if name[0].islower() and p.annotation is inspect.Parameter.empty and name not in STRIDES
+    ]
     return triton.jit(do_not_specialize=ints)(fn)
 
 

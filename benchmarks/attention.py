@@ -144,7 +144,7 @@ def flex(spec, q, k, v, extra):
         for name in ("recompile_limit", "cache_size_limit"):  # one compile per pattern and shape
             if hasattr(torch._dynamo.config, name):
                 setattr(torch._dynamo.config, name, 64)
-        _FLEX["compiled"] = torch.compile(flex_attention, dynamic=False)
+        _FLEX["compiled"] = torch.compile(flex_attention)
     mask_mod, sw, sink = _flex_parts(spec.name)
     n = q.shape[1]
     block = 128
@@ -188,7 +188,22 @@ def _elapsed_ms(fn: Callable, reps: int) -> float:
     return start.elapsed_time(stop) / reps
 
 
-def measure(method: tuple[Callable, tuple[Tensor, ...]], grad: Tensor, per_cell_s: float, with_forward: bool) -> dict:
+def _graphed(step: Callable) -> Callable:
+    """step captured in a CUDA graph (no launch overhead); returns its replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def measure(
+    method: tuple[Callable, tuple[Tensor, ...]], grad: Tensor, per_cell_s: float, with_forward: bool, graph: bool
+) -> dict:
     """Forward+backward time (ms, after one warm-up call), peak memory (GB), optionally forward time."""
     fwd, leaves = method
 
@@ -200,6 +215,8 @@ def measure(method: tuple[Callable, tuple[Tensor, ...]], grad: Tensor, per_cell_
     step()  # warm-up: compiles; its peak memory is the cell's
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / 1e9
+    if graph:
+        step = _graphed(step)
     first = _elapsed_ms(step, 1)
     reps = max(1, min(10, int(per_cell_s * 1e3 / max(first, 1e-3))))
     result = {"fwd_bwd_ms": _elapsed_ms(step, reps) if reps > 1 else first, "peak_gb": peak}
@@ -227,7 +244,10 @@ class Runner:
         quadratic = method in QUADRATIC or arch == "full"
         return seconds * (n * b) / (n0 * b0) * (n / n0 if quadratic else 1.0)
 
-    def run(self, method: str, arch: str, n: int, b: int, with_forward: bool = False) -> dict:
+    def run(self, method: str, arch: str, n: int, b: int, with_forward: bool = False, graph: bool = False) -> dict:
+        """One cell; graph=True times replays of a CUDA graph of forward+backward (method name + '+graph')."""
+        base = method
+        method = f"{method}+graph" if graph else method
         cell = {"method": method, "pattern": arch, "L": n, "B": b}
         try:
             if time.monotonic() > self.deadline:
@@ -238,7 +258,8 @@ class Runner:
             if predicted is not None and predicted > self.cell_cap_s:
                 raise Skip(f"predicted {predicted:.1f} s per call")
             spec, q, k, v, extra, grad = make_case(arch, n, b)
-            cell.update(measure(METHODS[method](spec, q, k, v, extra), grad, self.per_cell_s, with_forward))
+            build = METHODS[base](spec, q, k, v, extra)
+            cell.update(measure(build, grad, self.per_cell_s, with_forward, graph))
             cell["status"] = "ok"
             self.last[(method, arch)] = (n, b, cell["fwd_bwd_ms"] / 1e3)
         except Skip as why:
@@ -249,7 +270,7 @@ class Runner:
         except Exception as err:  # a baseline may fail; ours may not (reported, exit status 1)
             cell["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             self.failed.add((method, arch))
-            if method == "triton":
+            if base == "triton":
                 self.errors.append(f"{arch} L={n}: {traceback.format_exc()}")
         finally:
             torch.cuda.empty_cache()
@@ -392,10 +413,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print("paper shape: B=64, L=1058, HAX")
     paper = {m: runner.run(m, "hax", 1058, 64, with_forward=m == "triton") for m in ("triton", "reference")}
+    paper.update({f"{m}+graph": runner.run(m, "hax", 1058, 64, graph=True) for m in ("triton", "reference")})
     grid = [(m, a, n) for m in ("triton",) for n in lengths for a in patterns]
     grid += [(m, "full", n) for m in ("sdpa_flash",) for n in lengths]
-    grid += [(m, a, n) for m in ("flex",) for n in lengths for a in FLEX_PATTERNS if a in patterns]
     grid += [(m, a, n) for m in ("sparse", "reference") for n in lengths for a in patterns]
+    # last (its compiles are slow: one per pattern and shape), one pattern at a time
+    grid += [("flex", a, n) for a in reversed(FLEX_PATTERNS) if a in patterns for n in lengths]
     print(f"grid: B * L = {tokens} tokens")
     cells = {
         (m, a, n): runner.run(m, a, n, tokens // n, with_forward=m in ("triton", "sdpa_flash")) for m, a, n in grid
@@ -405,10 +428,12 @@ def main(argv: list[str] | None = None) -> int:
         return c is not None and c["status"] == "ok"
 
     report = {"paper_shape": {}, "targets": {}, "bandwidth": {"copy_GBps": bandwidth, "cells": []}}
-    if ok(paper["triton"]) and ok(paper["reference"]):
-        speedup = paper["reference"]["fwd_bwd_ms"] / paper["triton"]["fwd_bwd_ms"]
-        report["paper_shape"] = {"triton": paper["triton"], "reference": paper["reference"], "speedup": speedup}
-        report["targets"]["paper_speedup_vs_reference>=20"] = speedup
+    report["paper_shape"] = dict(paper)
+    for suffix in ("", "+graph"):
+        fast, slow = paper[f"triton{suffix}"], paper[f"reference{suffix}"]
+        if ok(fast) and ok(slow):
+            speedup = slow["fwd_bwd_ms"] / fast["fwd_bwd_ms"]
+            report["targets"][f"paper_speedup_vs_reference{suffix.replace('+', '_')}>=20"] = speedup
     long_n, mid_n = lengths[-1], (1 << 14)
     long_, mid = cells.get(("triton", "hax", long_n)), cells.get(("triton", "hax", mid_n))
     if ok(long_):
@@ -418,11 +443,11 @@ def main(argv: list[str] | None = None) -> int:
             long_["fwd_bwd_ms"] / mid["fwd_bwd_ms"]
         )
     floor = floor_bytes(tokens)
-    for c in [paper["triton"], *cells.values()]:
-        if ok(c) and c["method"] == "triton":
+    for c in [*paper.values(), *cells.values()]:
+        if ok(c) and c["method"].startswith("triton"):
             n_tokens = c["B"] * c["L"]
             f = floor_bytes(n_tokens)
-            entry = {"pattern": c["pattern"], "L": c["L"], "B": c["B"]}
+            entry = {"method": c["method"], "pattern": c["pattern"], "L": c["L"], "B": c["B"]}
             for key, ms in (("fwd", c.get("fwd_ms")), ("fwd_bwd", c["fwd_bwd_ms"])):
                 if ms:
                     achieved = f[key] / (ms * 1e-3) / 1e9
@@ -439,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     for entry in report["bandwidth"]["cells"]:
         if entry["pattern"] == "hax":
             print(
-                f"bandwidth hax L={entry['L']}: fwd {entry.get('fwd_GBps', 0):.0f} GB/s "
+                f"bandwidth {entry['method']} hax L={entry['L']}: fwd {entry.get('fwd_GBps', 0):.0f} GB/s "
                 f"({entry.get('fwd_fraction_of_copy', 0):.0%} of copy), fwd+bwd {entry['fwd_bwd_GBps']:.0f} GB/s "
                 f"({entry['fwd_bwd_fraction_of_copy']:.0%}); floor {entry['fwd_bwd_floor_ms']:.3f} ms"
             )
@@ -447,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "provenance": provenance(),
         "config": {"d_k": DK, "d_v": DV, "keys": KEYS, "num_hash": NUM_HASH, "dtype": str(DTYPE), "tokens": tokens,
                    "lengths": list(lengths), "quick": args.quick, "floor_bytes": floor},
-        "cells": [paper["triton"], paper["reference"], *cells.values()],
+        "cells": [*paper.values(), *cells.values()],
         **report,
         "wall_s": time.monotonic() - t0,
     }  # fmt: skip

@@ -231,6 +231,36 @@ def test_gpu_backward_is_deterministic(arch):
 
 
 @gpu
+@pytest.mark.parametrize("arch", ["hax", "sliding_window+sink+dilated+sign_bin_lsh+key_selection"])
+def test_gpu_forward_backward_capture_in_a_cuda_graph(arch):
+    """No host sync anywhere (index work included): the op replays in a CUDA graph, with new inputs."""
+    torch.manual_seed(7)
+    spec = make_spec(arch, 1058, 32)
+    (q, k, v, grad), extra = make_inputs(spec, 1058, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+
+    def step():
+        out = sparse_attention(q, k, v, spec, impl="triton", **extra)
+        return (out, *torch.autograd.grad(out, (q, k, v), grad))
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # compile and warm up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for name, x in extra.items():  # new data in the same buffers
+        x.copy_(torch.randint_like(x, 0, 5) if name != "attention_mask" else x)
+    with torch.no_grad():
+        q.copy_(torch.randn_like(q))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_matches(captured, oracle(spec, q.detach(), k.detach(), v.detach(), extra, grad), torch.bfloat16)
+
+
+@gpu
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gpu_causal(arch):
     n, t = 300, 170

@@ -131,3 +131,15 @@ def test_far_segments_group_prefix_rows_by_key():
         chunk, slot = divmod(row, n_global + 4)
         assert flat[chunk * 4 + slot - n_global] == key
     assert rows[0][valid][:3].tolist() == sorted(rows[0][valid][:3].tolist())  # chunk order within a key
+
+
+@pytest.mark.parametrize(
+    ("arch", "k_c", "max_length"), [("sink+dilated", 4, 40), ("dilated", 4, 40), ("sink+dilated", 4, 16)]
+)
+@pytest.mark.parametrize("n", [1, 7, 40])
+def test_global_keys_are_sink_and_dilated_keys_once(arch, k_c, max_length, n):
+    spec = parse_sparse_arch(arch, sparse_keys=k_c * len(arch.split("+")), data_max_length=max_length)
+    parts = Parts.of(spec)
+    sink = set(range(min(k_c, n))) if spec.has("sink") else set()
+    dilated = {j for j in range(n) if j % spec.dilation == spec.dilation - 1}
+    assert parts.global_keys(n, torch.device("cpu")).tolist() == sorted(sink | dilated)

@@ -264,8 +264,7 @@ def triton_sparse_attention(
     k_buckets: Tensor | None = None,
     key_scores: Tensor | None = None,
 ) -> Tensor:
-    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-    if k.dtype != q.dtype:
-        k = k.to(q.dtype)
-    plan = make_plan(spec, q, v, key_mask, q_buckets, k_buckets, key_scores)
-    return TritonSparseAttention.apply(q, k, v, plan)
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)  # tl.dot wants one dtype
+    q, k, w = (_last_dim_contiguous(x.to(dtype)) for x in (q, k, v))
+    plan = make_plan(spec, q, w, key_mask, q_buckets, k_buckets, key_scores)
+    return TritonSparseAttention.apply(q, k, w, plan).to(v.dtype)

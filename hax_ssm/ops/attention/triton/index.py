@@ -80,9 +80,9 @@ class Parts:
         keys = []
         if self.sink:
             keys.append(torch.arange(min(self.k_c, n), device=device))
-        if self.dil:
-            dilated = torch.arange(self.r - 1, max(n, self.r - 1), self.r, device=device)
-            keys.append(dilated[dilated >= self.k_c] if self.sink else dilated)
+        if self.dil:  # keys (w + 1) * r - 1, from the first one >= k_c when the sink holds the earlier ones
+            first = ((self.k_c + self.r) // self.r - 1 if self.sink else 0) * self.r + self.r - 1
+            keys.append(torch.arange(first, max(n, first), self.r, device=device))
         if not keys:
             return torch.zeros(0, dtype=torch.int32, device=device)
         return torch.cat(keys).to(torch.int32)

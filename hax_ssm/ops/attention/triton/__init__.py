@@ -68,6 +68,7 @@ from hax_ssm.ops.patterns import SparseSpec
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_DK = 128
 MAX_DV = 256
+MAX_BATCH = 65535
 
 
 @functools.cache
@@ -87,6 +88,8 @@ def unsupported(q: Tensor, v: Tensor) -> str | None:
         return f"needs CUDA tensors, got {q.device.type} (TRITON_INTERPRET=1 runs it in Triton's CPU interpreter)"
     if q.dtype not in DTYPES or v.dtype not in DTYPES:
         return f"dtype {q.dtype}/{v.dtype} not supported; allowed: float16, bfloat16, float32"
+    if q.shape[0] > MAX_BATCH:
+        return f"batch {q.shape[0]} (heads folded in) exceeds {MAX_BATCH}, the CUDA grid limit of its axis"
     if q.shape[-1] > MAX_DK or v.shape[-1] > MAX_DV:
         sizes = f"d_k={q.shape[-1]}, d_v={v.shape[-1]}"
         return f"head sizes {sizes} not supported; allowed: d_k <= {MAX_DK}, d_v <= {MAX_DV}"

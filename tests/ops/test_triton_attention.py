@@ -104,6 +104,23 @@ def check(arch, n, *, device, dtype=torch.float32, keys_per_part=4, **inputs):
     return actual
 
 
+def check_causal(arch, n, t, *, device):
+    """Changing every input after position t (tokens, buckets, scores, padding) never changes outputs <= t."""
+    spec = make_spec(arch, n, 8)
+    (q, k, v, _), extra = make_inputs(spec, n, device=device, dtype=torch.float32)
+    out = sparse_attention(q, k, v, spec, impl="triton", **extra)
+    future = torch.arange(n, device=device) > t
+    q2, k2, v2 = (torch.where(future[None, :, None], torch.randn_like(x), x) for x in (q, k, v))
+    extra2 = dict(extra)
+    for name in ("q_buckets", "k_buckets"):
+        extra2[name] = torch.where(future, torch.randint_like(extra[name], 0, 8), extra[name])
+    extra2["key_scores"] = torch.where(future, torch.randn_like(extra["key_scores"]) * 10, extra["key_scores"])
+    extra2["attention_mask"] = extra["attention_mask"] | future
+    out2 = sparse_attention(q2, k2, v2, spec, impl="triton", **extra2)
+    torch.testing.assert_close(out2[:, : t + 1], out[:, : t + 1], rtol=0, atol=1e-6)
+    assert not torch.allclose(out2[:, t + 1 :], out[:, t + 1 :])  # the change did reach the later outputs
+
+
 # ---------------------------------------------------------------------------------------------------------
 # CPU interpreter (small tiles, small sizes)
 
@@ -115,6 +132,14 @@ def test_interpreter_matches_reference(arch, n):
     torch.manual_seed(n)
     with tiles(**SMALL_TILES):
         check(arch, n, device="cpu", batch=2)
+
+
+@interpreter
+@pytest.mark.parametrize("arch", ARCHS)
+def test_interpreter_causal(arch):
+    torch.manual_seed(8)
+    with tiles(**SMALL_TILES):
+        check_causal(arch, 40, 23, device="cpu")
 
 
 @interpreter
@@ -263,19 +288,7 @@ def test_gpu_forward_backward_capture_in_a_cuda_graph(arch):
 @gpu
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gpu_causal(arch):
-    n, t = 300, 170
-    spec = make_spec(arch, n, 8)
-    (q, k, v, _), extra = make_inputs(spec, n, device="cuda", dtype=torch.float32)
-    out = sparse_attention(q, k, v, spec, impl="triton", **extra)
-    future = torch.arange(n, device="cuda") > t
-    q2, k2, v2 = (torch.where(future[None, :, None], torch.randn_like(x), x) for x in (q, k, v))
-    extra2 = dict(extra)
-    for name in ("q_buckets", "k_buckets"):
-        extra2[name] = torch.where(future, torch.randint_like(extra[name], 0, 8), extra[name])
-    extra2["key_scores"] = torch.where(future, torch.randn_like(extra["key_scores"]) * 10, extra["key_scores"])
-    extra2["attention_mask"] = extra["attention_mask"] | future
-    out2 = sparse_attention(q2, k2, v2, spec, impl="triton", **extra2)
-    torch.testing.assert_close(out2[:, : t + 1], out[:, : t + 1], rtol=0, atol=1e-6)
+    check_causal(arch, 300, 170, device="cuda")
 
 
 @gpu

@@ -212,24 +212,10 @@ def _load_lse(LSE, offs, ok):
 
 @triton.jit
 def _load_key_tile(
-    K,
-    V,
-    MASK,
-    PACKED,
-    z,
-    n,
-    j,
-    ok,
-    skb,
-    skl,
-    svb,
-    svl,
-    ks,
-    DK: tl.constexpr,
-    DV: tl.constexpr,
-    DKP: tl.constexpr,
-    DVP: tl.constexpr,
-):
+    K, V, MASK, PACKED, z, n, j, ok, skb, skl, svb, svl, ks,
+    DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
+):  # fmt: skip
+    """Rows j of K and V, which of them are real keys, and their packed key-selection scores."""
     real = ok & (tl.load(MASK + z * n + j, mask=ok, other=0) != 0)
     packed = tl.load(PACKED + z * n + j, mask=ok & (ks != 0), other=0)
     kt = _load_rows(K + z * skb, j, ok, skl, DK, DKP)
@@ -239,23 +225,10 @@ def _load_key_tile(
 
 @triton.jit
 def _load_query_grads(
-    Q,
-    DO,
-    LSE,
-    DELTA,
-    THRESH,
-    z,
-    n,
-    i,
-    ok,
-    sqb,
-    sql,
-    ks,
-    DK: tl.constexpr,
-    DV: tl.constexpr,
-    DKP: tl.constexpr,
-    DVP: tl.constexpr,
-):
+    Q, DO, LSE, DELTA, THRESH, z, n, i, ok, sqb, sql, ks,
+    DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
+):  # fmt: skip
+    """Rows i of Q and dO, their final log-sum-exp, delta and key-selection threshold."""
     q = _load_rows(Q + z * sqb, i, ok, sql, DK, DKP)
     do = _load_rows(DO + z * n * DV, i, ok, DV, DV, DVP)
     lse = _load_lse(LSE, z * n + i, ok)

@@ -135,6 +135,15 @@ def test_interpreter_matches_reference(arch, n):
 
 
 @interpreter
+@pytest.mark.parametrize("arch", UNIONS)
+def test_interpreter_budget_wider_than_tiles(arch):
+    """k_c = 24 > 16-row tiles: windows span blocks, prefix lists span several tiles."""
+    torch.manual_seed(3)
+    with tiles(**SMALL_TILES):
+        check(arch, 90, device="cpu", batch=2, keys_per_part=24)
+
+
+@interpreter
 @pytest.mark.parametrize("arch", ARCHS)
 def test_interpreter_causal(arch):
     torch.manual_seed(8)

@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = QUICK_LENGTHS if args.quick else FULL_LENGTHS
     patterns = QUICK_PATTERNS if args.quick else PATTERNS
     tokens = 1 << (17 if args.quick else 20)
-    budget = args.budget or (45.0 if args.quick else 420.0)
+    budget = args.budget or (60.0 if args.quick else 420.0)
     t0 = time.monotonic()
     failures = check_correctness() if args.check else []
     if failures:

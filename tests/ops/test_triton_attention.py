@@ -12,18 +12,11 @@ import os
 
 import pytest
 import torch
+from test_sparse_attention import ARCHS, UNIONS  # the same patterns and unions as the ops tests
 
 from hax_ssm.ops.attention import auto_impl, sparse_attention
-from hax_ssm.ops.patterns import PATTERNS, parse_sparse_arch
+from hax_ssm.ops.patterns import parse_sparse_arch
 
-UNIONS = (
-    "sliding_window+dilated",
-    "sliding_window+sink",
-    "hax",
-    "argmax_lsh+key_selection",
-    "sliding_window+sink+dilated+sign_bin_lsh+key_selection",
-)
-ARCHS = PATTERNS + UNIONS
 TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None

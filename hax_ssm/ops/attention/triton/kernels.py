@@ -121,10 +121,9 @@ def _held_by_global(j, k_c, r, sink, dil):
 
 
 @triton.jit
-def _kernel1_keys(
-    w, n_range, n_sink, n_dil, lo, end, sink_hi, dil_w0, dil_w1, PREFIX, k_c, r, sink, dil, BK: tl.constexpr
-):
+def _kernel1_keys(w, segments, lo, end, PREFIX, k_c, r, sink, dil, BK: tl.constexpr):
     """Candidate tile w of a query block: its keys j [BK] and which of them are listed (each key once)."""
+    n_range, n_sink, n_dil, _, sink_hi, dil_w0, dil_w1 = segments
     offs = tl.arange(0, BK)
     if w < n_range:  # the contiguous range [lo, end)
         j = lo + w * BK + offs
@@ -237,6 +236,46 @@ def _load_query_grads(
     return q, do, lse, delta, t_i
 
 
+@triton.jit
+def _kernel1_tile(
+    w, segments, lo, end, PREFIX, i, t_i, K, V, MASK, PACKED, z, n, skb, skl, svb, svl,
+    k_c, r, full, sw, sink, dil, ks,
+    DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """Candidate tile w of kernel 1: K, V rows and which (query, key) pairs of the block it holds."""
+    j, ok = _kernel1_keys(w, segments, lo, end, PREFIX, k_c, r, sink, dil, BK)
+    kt, vt, real, packed = _load_key_tile(K, V, MASK, PACKED, z, n, j, ok, skb, skl, svb, svl, ks, DK, DV, DKP, DVP)
+    return kt, vt, _kernel1_allowed(i, j, real, packed, t_i, k_c, r, full, sw, sink, dil, ks)
+
+
+@triton.jit
+def _sorted_queries(QPERM, LO, END, z, n, t):
+    """Sorted query slots t: their positions i and runs [lo, end) of sorted keys (empty where t >= n)."""
+    ok = t < n
+    i = tl.load(QPERM + z * n + t, mask=ok, other=0)
+    lo = tl.load(LO + z * n + t, mask=ok, other=0)
+    en = tl.load(END + z * n + t, mask=ok, other=0)
+    return i, lo, en
+
+
+@triton.jit
+def _lsh_tile(
+    u, u_end, lo, en, i, t_i, KPERM, K, V, PACKED, z, n, skb, skl, svb, svl,
+    k_c, r, full, sw, sink, dil, ks,
+    DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """Sorted keys [u, u + BK): K, V rows and the LSH pairs of the block that kernel 1 does not hold."""
+    uu = u + tl.arange(0, BK)
+    ok = uu < u_end
+    j = tl.load(KPERM + z * n + uu, mask=ok, other=0)
+    member = (uu[None, :] >= lo[:, None]) & (uu[None, :] < en[:, None]) & ok[None, :]
+    packed = tl.load(PACKED + z * n + j, mask=ok & (ks != 0), other=0)
+    member = member & ~_kernel1_allowed(i, j, ok, packed, t_i, k_c, r, full, sw, sink, dil, ks)
+    kt = _load_rows(K + z * skb, j, ok, skl, DK, DKP)
+    vt = _load_rows(V + z * svb, j, ok, svl, DV, DVP)
+    return kt, vt, member
+
+
 # ---------------------------------------------------------------------------------------------------------
 # index kernel
 
@@ -289,17 +328,17 @@ def kernel1_fwd(
     i_ok = i < n
     q = _load_rows(Q + z * sqb, i, i_ok, sql, DK, DKP)
     t_i = tl.load(THRESH + z * n + i, mask=i_ok & (ks != 0), other=0)
-    n_range, n_sink, n_dil, n_ks, sink_hi, dil_w0, dil_w1 = _segments(b, lo, end, k_c, r, sink, dil, ks, BK)
+    segments = _segments(b, lo, end, k_c, r, sink, dil, ks, BK)
+    n_range, n_sink, n_dil, n_ks = segments[0], segments[1], segments[2], segments[3]
     prefix = PREFIX + (z * nb + b) * k_c
     m_i = tl.full([BQ], float("-inf"), tl.float32)
     l_i = tl.zeros([BQ], tl.float32)
     acc = tl.zeros([BQ, DVP], tl.float32)
     for w in range(0, n_range + n_sink + n_dil + n_ks):
-        j, ok = _kernel1_keys(
-            w, n_range, n_sink, n_dil, lo, end, sink_hi, dil_w0, dil_w1, prefix, k_c, r, sink, dil, BK
-        )
-        kt, vt, real, packed = _load_key_tile(K, V, MASK, PACKED, z, n, j, ok, skb, skl, svb, svl, ks, DK, DV, DKP, DVP)
-        allowed = _kernel1_allowed(i, j, real, packed, t_i, k_c, r, full, sw, sink, dil, ks)
+        kt, vt, allowed = _kernel1_tile(
+            w, segments, lo, end, prefix, i, t_i, K, V, MASK, PACKED, z, n, skb, skl, svb, svl,
+            k_c, r, full, sw, sink, dil, ks, DK, DV, DKP, DVP, BK,
+        )  # fmt: skip
         m_i, l_i, acc = _softmax_step(m_i, l_i, acc, q, kt, vt, allowed, PREC)
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     _store_rows(OUT + z * n * DV, i, i_ok, DV, (acc / l_safe[:, None]).to(OUT.dtype.element_ty), DV, DVP)
@@ -323,9 +362,7 @@ def lsh_fwd(
     z = tl.program_id(1).to(tl.int64)
     t = tb * BQ + tl.arange(0, BQ)
     t_ok = t < n
-    i = tl.load(QPERM + z * n + t, mask=t_ok, other=0)
-    lo = tl.load(LO + z * n + t, mask=t_ok, other=0)
-    en = tl.load(END + z * n + t, mask=t_ok, other=0)
+    i, lo, en = _sorted_queries(QPERM, LO, END, z, n, t)
     q = _load_rows(Q + z * sqb, i, t_ok, sql, DK, DKP)
     t_i = tl.load(THRESH + z * n + i, mask=t_ok & (ks != 0), other=0)
     m_i = tl.full([BQ], float("-inf"), tl.float32)
@@ -335,14 +372,10 @@ def lsh_fwd(
     u_end = tl.max(en, 0)
     while u < u_end:
         u = max(u, tl.min(tl.where(en > u, lo, n), 0))  # skip keys no query of the block needs
-        uu = u + tl.arange(0, BK)
-        ok = uu < u_end
-        j = tl.load(KPERM + z * n + uu, mask=ok, other=0)
-        member = (uu[None, :] >= lo[:, None]) & (uu[None, :] < en[:, None]) & ok[None, :]
-        packed = tl.load(PACKED + z * n + j, mask=ok & (ks != 0), other=0)
-        member = member & ~_kernel1_allowed(i, j, ok, packed, t_i, k_c, r, full, sw, sink, dil, ks)
-        kt = _load_rows(K + z * skb, j, ok, skl, DK, DKP)
-        vt = _load_rows(V + z * svb, j, ok, svl, DV, DVP)
+        kt, vt, member = _lsh_tile(
+            u, u_end, lo, en, i, t_i, KPERM, K, V, PACKED, z, n, skb, skl, svb, svl,
+            k_c, r, full, sw, sink, dil, ks, DK, DV, DKP, DVP, BK,
+        )  # fmt: skip
         m_i, l_i, acc = _softmax_step(m_i, l_i, acc, q, kt, vt, member, PREC)
         u += BK
     has_first = t_ok & (merge != 0)
@@ -384,15 +417,15 @@ def kernel1_dq(
     i = start + tl.arange(0, BQ)
     i_ok = i < n
     q, do, lse, delta, t_i = _load_query_grads(Q, DO, LSE, DELTA, THRESH, z, n, i, i_ok, sqb, sql, ks, DK, DV, DKP, DVP)
-    n_range, n_sink, n_dil, n_ks, sink_hi, dil_w0, dil_w1 = _segments(b, lo, end, k_c, r, sink, dil, ks, BK)
+    segments = _segments(b, lo, end, k_c, r, sink, dil, ks, BK)
+    n_range, n_sink, n_dil, n_ks = segments[0], segments[1], segments[2], segments[3]
     prefix = PREFIX + (z * nb + b) * k_c
     dq = tl.zeros([BQ, DKP], tl.float32)
     for w in range(0, n_range + n_sink + n_dil + n_ks):
-        j, ok = _kernel1_keys(
-            w, n_range, n_sink, n_dil, lo, end, sink_hi, dil_w0, dil_w1, prefix, k_c, r, sink, dil, BK
-        )
-        kt, vt, real, packed = _load_key_tile(K, V, MASK, PACKED, z, n, j, ok, skb, skl, svb, svl, ks, DK, DV, DKP, DVP)
-        allowed = _kernel1_allowed(i, j, real, packed, t_i, k_c, r, full, sw, sink, dil, ks)
+        kt, vt, allowed = _kernel1_tile(
+            w, segments, lo, end, prefix, i, t_i, K, V, MASK, PACKED, z, n, skb, skl, svb, svl,
+            k_c, r, full, sw, sink, dil, ks, DK, DV, DKP, DVP, BK,
+        )  # fmt: skip
         dq = _dq_step(dq, q, do, lse, delta, kt, vt, allowed, PREC)
     _store_rows(DQ + z * n * DK, i, i_ok, DK, dq, DK, DKP)
 
@@ -410,23 +443,17 @@ def lsh_dq(
     z = tl.program_id(1).to(tl.int64)
     t = tb * BQ + tl.arange(0, BQ)
     t_ok = t < n
-    i = tl.load(QPERM + z * n + t, mask=t_ok, other=0)
-    lo = tl.load(LO + z * n + t, mask=t_ok, other=0)
-    en = tl.load(END + z * n + t, mask=t_ok, other=0)
+    i, lo, en = _sorted_queries(QPERM, LO, END, z, n, t)
     q, do, lse, delta, t_i = _load_query_grads(Q, DO, LSE, DELTA, THRESH, z, n, i, t_ok, sqb, sql, ks, DK, DV, DKP, DVP)
     dq = tl.zeros([BQ, DKP], tl.float32)
     u = tl.min(tl.where(t_ok, lo, n), 0)
     u_end = tl.max(en, 0)
     while u < u_end:
         u = max(u, tl.min(tl.where(en > u, lo, n), 0))
-        uu = u + tl.arange(0, BK)
-        ok = uu < u_end
-        j = tl.load(KPERM + z * n + uu, mask=ok, other=0)
-        member = (uu[None, :] >= lo[:, None]) & (uu[None, :] < en[:, None]) & ok[None, :]
-        packed = tl.load(PACKED + z * n + j, mask=ok & (ks != 0), other=0)
-        member = member & ~_kernel1_allowed(i, j, ok, packed, t_i, k_c, r, full, sw, sink, dil, ks)
-        kt = _load_rows(K + z * skb, j, ok, skl, DK, DKP)
-        vt = _load_rows(V + z * svb, j, ok, svl, DV, DVP)
+        kt, vt, member = _lsh_tile(
+            u, u_end, lo, en, i, t_i, KPERM, K, V, PACKED, z, n, skb, skl, svb, svl,
+            k_c, r, full, sw, sink, dil, ks, DK, DV, DKP, DVP, BK,
+        )  # fmt: skip
         dq = _dq_step(dq, q, do, lse, delta, kt, vt, member, PREC)
         u += BK
     dq += _load_rows(DQ + z * n * DK, i, t_ok & (accumulate != 0), DK, DK, DKP)
@@ -574,9 +601,7 @@ def lsh_dkdv(
     for qb in range(tl.load(ITEM_Q0 + e), tl.load(ITEM_Q1 + e)):
         t = qb * BQ + tl.arange(0, BQ)
         t_ok = t < n
-        i = tl.load(QPERM + z * n + t, mask=t_ok, other=0)
-        lo = tl.load(LO + z * n + t, mask=t_ok, other=0)
-        en = tl.load(END + z * n + t, mask=t_ok, other=0)
+        i, lo, en = _sorted_queries(QPERM, LO, END, z, n, t)
         q, do, lse, delta, t_i = _load_query_grads(
             Q, DO, LSE, DELTA, THRESH, z, n, i, t_ok, sqb, sql, ks, DK, DV, DKP, DVP
         )

@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     long_, mid = cells.get(("triton", "hax", long_n)), cells.get(("triton", "hax", mid_n))
     if ok(long_):
         report["targets"][f"hax_peak_gb_at_L={long_n}<8"] = long_["peak_gb"]
-    if ok(long_) and ok(mid):
+    if ok(long_) and ok(mid) and long_n > mid_n:
         report["targets"][f"hax_time_per_token_growth_{_k(mid_n)}_to_{_k(long_n)}<=1.5"] = (
             long_["fwd_bwd_ms"] / mid["fwd_bwd_ms"]
         )

@@ -47,6 +47,9 @@ launches run in a fixed order):
     several writes partials that ``item_reduce`` adds in item order. The item list has a static bound
     (each query needs <= (k_c - 1) // BK + 2 key tiles), so no host sync.
 
+No host sync anywhere (static shapes, device-side asserts only), so forward+backward can be captured in a
+CUDA graph. Key-selection scores are compared in fp32 (exact for fp16/bf16/fp32 scores).
+
 Costs: forward reads each query block's <= (BQ + ~3 k_c) candidates; the backward re-reads them about
 twice. Everything is linear in L except ``full`` (the quadratic baseline). One compiled kernel per
 (dtype, head sizes): the pattern, lengths and strides are runtime arguments. Tile sizes are fixed

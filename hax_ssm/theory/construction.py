@@ -90,11 +90,12 @@ def id_codes(n_ids: int, generator: torch.Generator) -> Tensor:
     return (2 * signs.float() - 1) / math.sqrt(b)
 
 
-def hamming_histogram(codes: Tensor, rows_per_chunk: int = 4096) -> Tensor:
+def hamming_histogram(codes: Tensor, chunk_elements: int = 1 << 24) -> Tensor:
     """Counts ``[b + 1]`` of the sign differences d over all ordered pairs of rows of ``codes``."""
     b = codes.shape[1]
     signs = (codes > 0).float()
     counts = torch.zeros(b + 1, dtype=torch.float64)
+    rows_per_chunk = max(1, chunk_elements // len(signs))  # a [rows, n_ids] block at a time
     for start in range(0, len(signs), rows_per_chunk):
         chunk = signs[start : start + rows_per_chunk]
         agree = chunk @ signs.T + (1 - chunk) @ (1 - signs).T
@@ -216,6 +217,7 @@ class RecallConstruction(nn.Module):
         return states
 
     def query_key_value(self, states: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q = beta [a, 1], k = [a, s], v = [v, 1] of the states [a, v, s] (a: the address blocks)."""
         address, sign = states[..., : self.address_dim], states[..., -1:]
         one = torch.ones_like(sign)
         q = self.settings.beta * torch.cat([address, one], -1)

@@ -1,4 +1,4 @@
-"""``hax theory construct`` and ``hax theory bound``: JSON (with provenance) and one figure under --out-dir."""
+"""``hax theory construct``, ``bound`` and ``plot``: JSON (with provenance) and one figure under --out-dir."""
 
 from __future__ import annotations
 

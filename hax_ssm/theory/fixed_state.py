@@ -5,7 +5,8 @@ measure per-value accuracy and whole-table exact match per table size n = n_c * 
 A demonstration sized for a 2-core CPU (about 5 minutes), not a sweep: tiny tables and |V| = 4
 values so that a few hundred steps learn something. Every stage is resumable: the data set is
 generated once (atomically) under ``work_dir/data``; each model trains in ``work_dir/<name>``
-and a killed run continues from its last checkpoint; finished runs are only evaluated again.
+and a killed run continues from its last checkpoint; a finished run is only evaluated again
+(or trained on, when given more steps).
 """
 
 from __future__ import annotations

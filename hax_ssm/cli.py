@@ -36,6 +36,13 @@ def version() -> None:
     print(__version__)
 
 
+from hax_ssm.eval import commands as eval_commands  # noqa: E402
+from hax_ssm.train import commands as train_commands  # noqa: E402
+
+train_commands.register(app)  # train, sweep
+eval_commands.register(app)  # eval, report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     command = typer.main.get_command(app)

@@ -91,7 +91,7 @@ class Trainer:
         resume: bool = False,
         overwrite: bool = False,
         model_factory: ModelFactory = build_model_for,
-        open_loader: Callable[..., Any] | None = None,
+        loader_factory: Callable[..., Any] | None = None,
     ):
         self.config = config.validate()
         self.run = RunDir(config.save_dir)
@@ -101,7 +101,7 @@ class Trainer:
             self.run.check_fresh(overwrite)
         self.ctx, self.device = init_distributed(config.device)
         self.micro_batch = config.check_batch_split(self.ctx.world_size)
-        self._open_loader = open_loader or _default_loader
+        self._open_loader = loader_factory or open_loader
         # open every split before writing anything: a bad data dir fails here
         for split in (config.val_split, config.test_split):
             self._loader(split, train=False)
@@ -399,7 +399,7 @@ def _graceful_stop() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
-def _default_loader(data_dir: str, split: str, **kwargs: Any) -> Any:
+def open_loader(data_dir: str, split: str, **kwargs: Any) -> Any:
     from hax_ssm.data import RecallLoader
 
     return RecallLoader(data_dir, split, **kwargs)

@@ -71,7 +71,8 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
-        require(not unknown, f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(known))}")
+        if unknown:
+            raise HaxError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(known))}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 from tqdm import tqdm
 
 import hax_ssm
-from hax_ssm.errors import require
+from hax_ssm.errors import HaxError, require
 from hax_ssm.train.config import TrainConfig
 from hax_ssm.train.run_dir import RunDir
 from hax_ssm.utils.io import atomic_write_json
@@ -62,7 +62,8 @@ def load_sweep(path: str | Path, data_dir: str | None = None) -> dict[str, Any]:
 
     spec = read_json_object(Path(path), "sweep file")
     unknown = sorted(set(spec) - set(SWEEP_KEYS))
-    require(not unknown, f"sweep file {path}: unknown key {unknown[0]!r}; allowed: {', '.join(SWEEP_KEYS)}")
+    if unknown:
+        raise HaxError(f"sweep file {path}: unknown key {unknown[0]!r}; allowed: {', '.join(SWEEP_KEYS)}")
     if data_dir is not None:
         spec["data_dir"] = data_dir
     require(bool(spec.get("data_dir")), f"sweep file {path}: no data_dir (set it there or pass --data-dir)")
@@ -93,7 +94,8 @@ def expand_sweep(spec: dict[str, Any], sweep_dir: Path) -> list[SweepRun]:
     runs: dict[str, SweepRun] = {}
     for cell in cells:
         clash = sorted(set(cell) & set(grid))
-        require(not clash, f"sweep: {clash[0]!r} is set both in a cell and in the grid")
+        if clash:
+            raise HaxError(f"sweep: {clash[0]!r} is set both in a cell and in the grid")
         for point in itertools.product(*grid.values()):
             values = {**spec.get("train", {}), **cell, **dict(zip(grid, point, strict=True))}
             values["data_dir"] = str(spec["data_dir"])

@@ -19,7 +19,6 @@ from hax_ssm.ops.patterns import LSH_CENTERS, parse_sparse_arch
 BASE_ARCHS = ("mamba", "mamba2", "samba")
 WIDTHS = ("1x", "2x")
 PRECISIONS = ("auto", "bf16", "fp32")
-ATTENTION_IMPLS = ("sparse", "reference")
 
 # Options a resumed run may change: they do not alter what is computed, only where and how it
 # is logged or run (steps may grow, so a finished run can be extended).
@@ -40,7 +39,7 @@ class TrainConfig:
     num_hash: int = 8
     gate_loss_weight: float = 0.1
     lsh_center: str = "causal"
-    attention_impl: str = "sparse"
+    attention_impl: str = "auto"  # the models' choice: sparse O(L*k), or reference (dense masks)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     # optimisation
     lr: float = 2e-3
@@ -113,7 +112,6 @@ class TrainConfig:
         )
         self.sparse_arch = spec.name if spec is not None else "none"
         _choice("--lsh-center", self.lsh_center, LSH_CENTERS)
-        _choice("--attention-impl", self.attention_impl, ATTENTION_IMPLS)
         _choice("--precision", self.precision, PRECISIONS)
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batch_size", "log_every"):
             _positive_int(name, getattr(self, name))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import queue
 import random
 import signal
 import threading
@@ -325,11 +326,11 @@ class Trainer:
         pbar = tqdm(
             total=c.steps, initial=self.step, disable=not (self.ctx.is_main and c.progress), desc="train", unit="step"
         )
-        batches: Iterator[Any] = iter(self._loader("train", True, start_step=self.step))
+        batches = _prefetch(iter(self._loader("train", True, start_step=self.step)), self.device)
         try:
             with _graceful_stop() as signalled:
                 while self.step < c.steps:
-                    self._train_step(as_recall_batch(next(batches)))
+                    self._train_step(next(batches))
                     self.step += 1
                     pbar.update(1)
                     last = self.step == c.steps
@@ -374,6 +375,32 @@ class Trainer:
         self.run.write_json(self.run.results, results)
         barrier(self.ctx)
         return results
+
+
+def _prefetch(batches: Iterator[Any], device: torch.device, depth: int = 4) -> Iterator[RecallBatch]:
+    """On CUDA, read and pin the next batches in a thread so the GPU never waits on the loader.
+
+    The order is the loader's (one producer, FIFO), so prefetching changes nothing computed.
+    """
+    if device.type != "cuda":
+        yield from (as_recall_batch(b) for b in batches)
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for raw in batches:
+                ready.put(as_recall_batch(raw).pin_memory())
+        except BaseException as err:  # surfaced in the consumer
+            ready.put(err)
+        ready.put(done)
+
+    threading.Thread(target=produce, daemon=True, name="hax-prefetch").start()
+    while (item := ready.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ except ImportError:  # older typer depends on click
     from click import ClickException
 
 from hax_ssm import __version__
+from hax_ssm.data import commands as data_commands
 from hax_ssm.errors import HaxError
 
 app = typer.Typer(
@@ -34,6 +35,10 @@ def _root() -> None:
 def version() -> None:
     """Print the package version."""
     print(__version__)
+
+
+app.add_typer(data_commands.app, name="data")
+app.command("demo")(data_commands.demo)
 
 
 def main(argv: list[str] | None = None) -> int:

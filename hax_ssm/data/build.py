@@ -16,11 +16,12 @@ import functools
 import itertools
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -61,7 +62,9 @@ class Part:
 
 
 def random_stream(seed: int, task_id: int, split: str, config: tuple[int, ...], round_: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, task_id, SPLITS.index(split), *config, round_])))
+    return np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence([seed, task_id, SPLITS.index(split), *config, round_]))
+    )
 
 
 def first_occurrences(tokens: np.ndarray) -> np.ndarray:
@@ -98,7 +101,7 @@ def _replace_duplicates(task: Task, parts: list[Part], seed: int) -> None:
             return
         seen = everything[keep]
         bounds = np.cumsum([0] + [len(p.tokens) for p in parts])
-        for part, start, stop in zip(parts, bounds[:-1], bounds[1:]):
+        for part, start, stop in zip(parts, bounds[:-1], bounds[1:], strict=True):
             missing = np.flatnonzero(~keep[start:stop])
             if not missing.size:
                 continue
@@ -109,7 +112,21 @@ def _replace_duplicates(task: Task, parts: list[Part], seed: int) -> None:
             if part.mask.ndim == 2:
                 part.mask[missing[: len(fresh)]] = mask[fresh]
     configs = sorted({p.config for p in parts})
-    raise HaxError(f"configs {configs}: could not draw enough distinct samples; the space is nearly exhausted, ask for fewer")
+    raise HaxError(
+        f"configs {configs}: could not draw enough distinct samples (the space is nearly used up); ask for fewer"
+    )
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker: exit as soon as the parent is gone (killed with SIGKILL, say), rather than
+    wait forever on a queue nobody will write to."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 @contextlib.contextmanager
@@ -123,7 +140,9 @@ def _ordered_map(fn: Callable[[Any], Any], items: list[Any], workers: int) -> It
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         yield map(fn, items)
         return
-    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    executor = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("fork"), initializer=_exit_with_parent, initargs=(os.getpid(),)
+    )
     pending = deque(executor.submit(fn, item) for item in items[: workers + 1])  # forks now
     rest = iter(items[workers + 1 :])
 
@@ -184,7 +203,10 @@ def build_dataset(
             "pad_id": pad_id,
             "row_width": row_width,
             "splits": {
-                split: {**infos[split], "counts": [{"sizes": list(c), "rows": n} for c, n in rows_per_split[split].items()]}
+                split: {
+                    **infos[split],
+                    "counts": [{"sizes": list(c), "rows": n} for c, n in rows_per_split[split].items()],
+                }
                 for split in SPLITS
             },
         }
@@ -266,10 +288,3 @@ def generate_mqar(
     return build_dataset(
         task, out, seed=seed, row_width=None, pad_id=MQAR_PAD, workers=workers, overwrite=overwrite, progress=progress
     )
-
-
-def default_workers() -> int:
-    return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
-

@@ -6,6 +6,7 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -17,27 +18,33 @@ from hax_ssm.errors import HaxError
 
 app = typer.Typer(help="Generate and inspect recall-task datasets.", no_args_is_help=True, add_completion=False)
 
-_OUT = typer.Option(..., "--out", help="output dataset directory (must be empty or absent unless --overwrite)")
-_WORKERS = typer.Option(2, help="worker processes generating in parallel (the output does not depend on it)")
+Out = Annotated[Path, typer.Option(help="output dataset directory (must be empty or absent unless --overwrite)")]
+Workers = Annotated[
+    int, typer.Option(help="worker processes generating in parallel (the output does not depend on it)")
+]
+Overwrite = Annotated[bool, typer.Option(help="replace an existing output directory")]
+Seed = Annotated[int, typer.Option(help="seed of every random stream")]
 
 
 @app.command("joint-recall")
 def joint_recall(
-    out: Path = _OUT,
-    max_contexts: int = typer.Option(16, help="largest number of contexts n_c (every outer level)"),
-    max_keys: int = typer.Option(16, help="largest number of keys n_k"),
-    min_side: int = typer.Option(5, help="smallest table side of every level"),
-    values: int = typer.Option(16, help="number of distinct values"),
-    levels: int = typer.Option(None, help="context levels + 1 (2: joint recall, 1: associative recall) [default: 2]"),
-    sizes: str = typer.Option(None, help="size range per level, keys last, e.g. 2-4,3-4,5-8 (overrides the side options)"),
-    train_per_pair: int = typer.Option(10_000, help="training samples per table shape"),
-    eval_per_pair: int = typer.Option(100, help="validation and test samples per table shape"),
-    seed: int = typer.Option(0),
-    vocab_size: int = typer.Option(100),
-    pad: bool = typer.Option(True, help="pad every row to the fixed length (the reference format)"),
-    workers: int = _WORKERS,
-    overwrite: bool = typer.Option(False, help="replace an existing output directory"),
-    progress: bool = typer.Option(True),
+    out: Out,
+    max_contexts: Annotated[int, typer.Option(help="largest number of contexts n_c (every outer level)")] = 16,
+    max_keys: Annotated[int, typer.Option(help="largest number of keys n_k")] = 16,
+    min_side: Annotated[int, typer.Option(help="smallest table side of every level")] = 5,
+    values: Annotated[int, typer.Option(help="number of distinct values")] = 16,
+    levels: Annotated[
+        int | None, typer.Option(help="table levels, keys included (1: associative recall) [default: 2]")
+    ] = None,
+    sizes: Annotated[str | None, typer.Option(help="size range per level, keys last, e.g. 2-4,3-4,5-8")] = None,
+    train_per_pair: Annotated[int, typer.Option(help="training samples per table shape")] = 10_000,
+    eval_per_pair: Annotated[int, typer.Option(help="validation and test samples per table shape")] = 100,
+    seed: Seed = 0,
+    vocab_size: Annotated[int, typer.Option(help="vocabulary the token ids must fit in")] = 100,
+    pad: Annotated[bool, typer.Option(help="pad every row to the fixed length (the reference format)")] = True,
+    workers: Workers = 2,
+    overwrite: Overwrite = False,
+    progress: bool = True,
 ) -> None:
     """Generate (multi-level) joint recall; the defaults are the paper's 1.44M / 14.4K / 14.4K set."""
     generate_joint_recall(
@@ -69,18 +76,20 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 @app.command("mqar")
 def mqar(
-    out: Path = _OUT,
-    seq_len: str = typer.Option("64,128,256,256,256", help="sequence length per config (comma-separated)"),
-    pairs: str = typer.Option("4,8,16,32,64", help="key-value pairs per config (comma-separated)"),
-    vocab_size: int = typer.Option(8192),
-    train_per_config: int = typer.Option(20_000),
-    eval_per_config: int = typer.Option(1_000),
-    power_a: float = typer.Option(0.01, help="query slot g has weight (g + 1) ** (power_a - 1)"),
-    random_fill: bool = typer.Option(True, help="fill non-query positions with random tokens (zoology) or 0"),
-    seed: int = typer.Option(0),
-    workers: int = _WORKERS,
-    overwrite: bool = typer.Option(False, help="replace an existing output directory"),
-    progress: bool = typer.Option(True),
+    out: Out,
+    seq_len: Annotated[str, typer.Option(help="sequence length per config (comma-separated)")] = "64,128,256,256,256",
+    pairs: Annotated[str, typer.Option(help="key-value pairs per config (comma-separated)")] = "4,8,16,32,64",
+    vocab_size: int = 8192,
+    train_per_config: int = 20_000,
+    eval_per_config: int = 1_000,
+    power_a: Annotated[float, typer.Option(help="query slot g has weight (g + 1) ** (power_a - 1)")] = 0.01,
+    random_fill: Annotated[
+        bool, typer.Option(help="fill the other positions with random tokens (zoology), or 0")
+    ] = True,
+    seed: Seed = 0,
+    workers: Workers = 2,
+    overwrite: Overwrite = False,
+    progress: bool = True,
 ) -> None:
     """Generate multi-query associative recall as in zoology."""
     generate_mqar(
@@ -101,7 +110,7 @@ def mqar(
 
 
 @app.command("info")
-def info(path: Path = typer.Argument(..., help="dataset directory (ours or the reference's)")) -> None:
+def info(path: Annotated[Path, typer.Argument(help="dataset directory (ours or the reference's)")]) -> None:
     """Summarise a dataset directory."""
     print(describe(path))
 
@@ -136,13 +145,14 @@ def render_joint_recall(tokens: np.ndarray, mask: np.ndarray, scheme: JointRecal
     '*' on the scored keys; padding dropped."""
     names = {BOS: "<bos>", SEP: "<sep>", PAD: ""}
     words = []
-    for token, scored in zip(tokens.tolist(), mask.tolist()):
+    for token, scored in zip(tokens.tolist(), mask.tolist(), strict=True):
         if token in names:
             word = names[token]
         elif token < scheme.level_offset(scheme.key_level):
             word = f"V{token - scheme.level_offset(scheme.key_level) + scheme.n_values}"
         else:
-            level = min(lv for lv in range(scheme.levels) if token >= scheme.level_offset(lv))  # offsets fall with depth
+            # the first level whose ids start at or below the token (offsets fall with depth)
+            level = min(lv for lv in range(scheme.levels) if token >= scheme.level_offset(lv))
             index = token - scheme.level_offset(level)
             if level == scheme.key_level:
                 word = f"K{index}"
@@ -163,12 +173,14 @@ def _demo_dir(out: Path | None) -> Iterator[Path]:
 
 
 def demo(
-    out: Path = typer.Option(None, help="keep the demo dataset here (default: a temporary directory)"),
-    overwrite: bool = typer.Option(False, help="replace an existing --out"),
+    out: Annotated[
+        Path | None, typer.Option(help="keep the demo dataset here (default: a temporary directory)")
+    ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Generate a small joint recall set (2-4 contexts x 2-4 keys) and summarise it."""
     with _demo_dir(out) as root:
         generate_joint_recall(
-            root, sizes="2-4,2-4", train_per_pair=1_000, eval_per_pair=50, workers=1, overwrite=overwrite, progress=False
+            root, sizes="2-4,2-4", train_per_pair=1000, eval_per_pair=50, workers=1, overwrite=overwrite, progress=False
         )
         print(describe(root))

@@ -53,7 +53,7 @@ class JointRecallTask:
         levels = len(self.size_ranges)
         if levels == 2:
             return ("n_c", "n_k")
-        return tuple(f"n_{level + 1}" for level in range(levels - 1)) + ("n_k",)
+        return (*(f"n_{level + 1}" for level in range(levels - 1)), "n_k")
 
     def shapes(self) -> list[Shape]:
         """Every table shape, outer level slowest (the reference's (n_c, n_k) order)."""
@@ -211,7 +211,7 @@ def _level_views(region: np.ndarray, shape: Shape) -> list[np.ndarray]:
     blocks of that level in the order the part lists them. Only the last axis is ever split, so
     these are views and writing into them fills the part."""
     views, view = [], region
-    for size, block in zip(shape, block_sizes(shape)):
+    for size, block in zip(shape, block_sizes(shape), strict=True):
         view = view.reshape(*view.shape[:-1], size, block)
         views.append(view)
         view = view[..., 1:]  # the children of each block follow its opening token
@@ -227,7 +227,7 @@ def _write_part(
     n = region.shape[0]
     # flat index of each listed node's prefix into value_ids: sample, then the row-major cell
     cell = np.arange(n, dtype=np.int64)
-    for level, (size, view) in enumerate(zip(shape, _level_views(region, shape))):
+    for level, (size, view) in enumerate(zip(shape, _level_views(region, shape), strict=True)):
         own = orders[level].reshape(view.shape[:-1])
         cell = cell[..., None] * size + own
         ids = own.astype(region.dtype)

@@ -152,7 +152,8 @@ class RecallLoader:
         self.steps_per_epoch = n // self.global_batch if self.drop_last else -(-n // self.global_batch)
         require(
             self.steps_per_epoch > 0,
-            f"split of {n} rows is smaller than one global batch of {self.global_batch}: lower batch_size or set drop_last=False",
+            f"split of {n} rows is smaller than one global batch of {self.global_batch}: "
+            "lower batch_size or set drop_last=False",
         )
         self._epoch: tuple[int, list[np.ndarray]] | None = None
 

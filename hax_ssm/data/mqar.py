@@ -139,16 +139,18 @@ def mqar_task(
     require(train_per_config >= 0, f"--train-per-config {train_per_config}: must be >= 0")
     require(eval_per_config >= 0, f"--eval-per-config {eval_per_config}: must be >= 0")
     half = vocab_size // 2
-    for length, p in zip(lengths, counts):
+    for length, p in zip(lengths, counts, strict=True):
         require(p >= 1, f"--pairs {p}: must be at least 1")
         require(length % 2 == 0, f"--seq-len {length}: must be even (queries sit in two-token slots)")
-        require(length >= 4 * p, f"--seq-len {length}: {p} pairs need at least {4 * p} tokens (2 per pair + 2 per query)")
+        require(
+            length >= 4 * p, f"--seq-len {length}: {p} pairs need at least {4 * p} tokens (2 per pair, 2 per query)"
+        )
         require(
             p <= half - 1,
             f"--pairs {p}: keys are distinct ids in [1, {half}) for --vocab-size {vocab_size}; "
             f"raise --vocab-size to at least {2 * (p + 1)} or lower --pairs",
         )
-    configs = tuple(zip(lengths, counts))
+    configs = tuple(zip(lengths, counts, strict=True))
     require(len(set(configs)) == len(configs), f"--seq-len/--pairs: a (seq_len, pairs) config repeats: {configs}")
     task = MQARTask(configs, vocab_size, train_per_config, eval_per_config, power_a, random_fill)
     task.check_space()
@@ -186,7 +188,7 @@ def power_law_slots(rng: np.random.Generator, n: int, k: int, slots: int, power_
     chunk = max(1, (1 << 22) // slots)  # bound the [rows, slots] key matrix to 32 MB
     for start in range(0, n, chunk):
         keys = rng.standard_exponential((min(chunk, n - start), slots)) / weights
-        pick = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < slots else np.broadcast_to(np.arange(slots), keys.shape)
+        pick = np.argpartition(keys, k - 1, axis=1)[:, :k]
         order = np.argsort(np.take_along_axis(keys, pick, axis=1), axis=1)
         out[start : start + len(keys)] = np.take_along_axis(pick, order, axis=1)
     return out

@@ -54,7 +54,9 @@ class ContentHash:
         self._parts = [hashlib.sha256() for _ in range(3)]
 
     def update(self, inputs: np.ndarray, mask: np.ndarray, lengths: np.ndarray) -> None:
-        for part, array in zip(self._parts, (inputs.astype("<i4", copy=False), mask, lengths.astype("<i8"))):
+        for part, array in zip(
+            self._parts, (inputs.astype("<i4", copy=False), mask, lengths.astype("<i8")), strict=True
+        ):
             part.update(memoryview(np.ascontiguousarray(array)).cast("B"))
 
     def hexdigest(self) -> str:
@@ -189,7 +191,9 @@ class DatasetWriter:
 def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.Array:
     """A list array over numpy buffers without copying them."""
     child = pa.Array.from_buffers(value_type, len(values), [None, pa.py_buffer(values)])
-    return pa.Array.from_buffers(pa.list_(value_type), len(offsets) - 1, [None, pa.py_buffer(offsets)], children=[child])
+    return pa.Array.from_buffers(
+        pa.list_(value_type), len(offsets) - 1, [None, pa.py_buffer(offsets)], children=[child]
+    )
 
 
 def _fsync(path: Path) -> None:
@@ -249,7 +253,9 @@ class StoredSplit:
     def gather_mask(self, rows: np.ndarray, width: int) -> np.ndarray:
         return self._gather(self.masks, self.mask_start, rows, width, 0)
 
-    def _gather(self, views: list[np.ndarray], starts: np.ndarray, rows: np.ndarray, width: int, fill: int) -> np.ndarray:
+    def _gather(
+        self, views: list[np.ndarray], starts: np.ndarray, rows: np.ndarray, width: int, fill: int
+    ) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
         cols = np.arange(width, dtype=np.int64)
         out = np.full((len(rows), width), fill, views[0].dtype)
@@ -272,7 +278,7 @@ class StoredSplit:
         )
         starts = np.concatenate([[0], breaks + 1])
         stops = np.concatenate([breaks + 1, [len(self)]])
-        for a, b in zip(starts, stops):
+        for a, b in zip(starts, stops, strict=True):
             if a == b:
                 continue
             f = self.file_of_row[a]
@@ -314,7 +320,8 @@ def open_split(root: str | os.PathLike, split: str) -> StoredSplit:
             for column in ("inputs", "mask"):
                 require(column in batch.schema.names, f"{split_dir / name} has no column {column!r}")
             (in_start, in_len), (m_start, m_len) = (
-                _row_extents(batch, column, itemsize, base, split_dir / name) for column, itemsize in (("inputs", 4), ("mask", 1))
+                _row_extents(batch, column, itemsize, base, split_dir / name)
+                for column, itemsize in (("inputs", 4), ("mask", 1))
             )
             require(np.array_equal(in_len, m_len), f"{split_dir / name}: rows of inputs and mask differ in length")
             input_start.append(in_start)
@@ -333,7 +340,9 @@ def open_split(root: str | os.PathLike, split: str) -> StoredSplit:
     )
 
 
-def _row_extents(batch: pa.RecordBatch, column: str, itemsize: int, base: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _row_extents(
+    batch: pa.RecordBatch, column: str, itemsize: int, base: int, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
     """Start (in elements of the file's view) and length of every row of one list column."""
     require(column in batch.schema.names, f"{path} has no column {column!r}")
     array = batch.column(column)

@@ -128,7 +128,7 @@ def table_sizes(tokens: Any, scheme: JointRecallScheme = REFERENCE_SCHEME) -> An
         ((tokens >= lo) & (tokens < lo + n)).sum(1)
         for lo, n in ((scheme.level_offset(level), scheme.max_sizes[level]) for level in range(scheme.levels))
     ]
-    sizes = [counts[0] // 2] + [c // p.clip(min=1) for c, p in zip(counts[1:], counts[:-1])]
+    sizes = [counts[0] // 2] + [c // p.clip(min=1) for c, p in zip(counts[1:], counts[:-1], strict=True)]
     stack = np.stack if isinstance(tokens, np.ndarray) else __import__("torch").stack
     return stack(sizes, 1)
 

@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--train-per-pair", type=int, default=10_000)
     parser.add_argument("--eval-per-pair", type=int, default=100)
-    parser.add_argument("--json", default="results/data_generation.json", help="where to write the result ('' = nowhere)")
+    parser.add_argument(
+        "--json", default="results/data_generation.json", help="where to write the result ('' = nowhere)"
+    )
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="hax-bench-data-", dir=args.scratch))
@@ -68,14 +70,20 @@ def main() -> None:
         f"{samples:>10,} {row['samples_per_s']:>10,.0f} {row['gb_written']:>10.2f} {wall:>7.1f} "
         f"{main_rss:>8.2f} + {args.workers if args.workers > 1 else 0} x {worker_rss:.2f} = {peak_total:.2f}"
     )
-    print(f"target: wall <= 30 s, peak RSS <= 4 GB; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    print(
+        f"target: wall <= 30 s, peak RSS <= 4 GB; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}"
+    )
     if args.json:
         atomic_write_json(
             args.json,
             {
                 "benchmark": "data_generation (paper-size joint recall set, fsync included)",
                 "target": {"wall_s": 30, "peak_rss_gb": 4},
-                "settings": {"workers": args.workers, "train_per_pair": args.train_per_pair, "eval_per_pair": args.eval_per_pair},
+                "settings": {
+                    "workers": args.workers,
+                    "train_per_pair": args.train_per_pair,
+                    "eval_per_pair": args.eval_per_pair,
+                },
                 "result": row,
                 "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": load_after},
                 "split_sha256": {k: v["sha256"] for k, v in meta["splits"].items()},

@@ -30,8 +30,6 @@ from hax_ssm.data.storage import StoredSplit, open_split
 from hax_ssm.data.tokens import PAD, REFERENCE_SCHEME, JointRecallScheme, table_sizes
 from hax_ssm.errors import require
 
-_LENGTH_CHUNK_ROWS = 1 << 14
-
 
 @dataclass
 class Batch:
@@ -71,13 +69,8 @@ class RecallSplit:
 
     @cached_property
     def useful_lengths(self) -> np.ndarray:
-        """Useful length of every row (int64 [N]), read in chunks from the mask column only."""
-        out = np.empty(len(self), np.int64)
-        for start in range(0, len(self), _LENGTH_CHUNK_ROWS):
-            rows = np.arange(start, min(start + _LENGTH_CHUNK_ROWS, len(self)))
-            width = int(self.stored.row_length[rows].max())
-            out[rows] = useful_lengths(self.stored.gather_mask(rows, width), self.stored.row_length[rows])
-        return out
+        """Useful length of every row (int64 [N]): one pass over the mask column, on first use."""
+        return self.stored.useful_lengths()
 
     def arrays(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Rows cut to their longest useful length, as numpy arrays (see :class:`Batch`)."""
@@ -102,7 +95,8 @@ class RecallSplit:
 
 
 def useful_lengths(mask: np.ndarray, stored_length: np.ndarray) -> np.ndarray:
-    """Last masked position + 2 per row (the stored length for a row with an empty mask)."""
+    """Last masked position + 2 per row of ``mask`` ``[B, T]`` (the stored length for a row with
+    an empty mask), capped at the stored length."""
     scored = mask != 0
     last = mask.shape[1] - 1 - np.argmax(scored[:, ::-1], axis=1)
     return np.where(scored.any(1), np.minimum(last + 2, stored_length), stored_length).astype(np.int64)

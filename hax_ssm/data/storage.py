@@ -14,11 +14,12 @@ memory stays bounded and the disk, the hash and the generator work at the same t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,28 +267,44 @@ class StoredSplit:
             out[sel] = np.where(inside, views[f].take(np.where(inside, starts[rows[sel], None] + cols, 0)), fill)
         return out
 
-    def content_hash(self) -> str:
-        """The :class:`ContentHash` of the stored rows (compare with the metadata's ``sha256``)."""
-        digest = ContentHash()
+    def _runs(self) -> Iterator[tuple[int, int, int]]:
+        """(file, first row, end row) of each run of rows stored back to back (a record batch or more)."""
         ends = self.input_start + self.row_length
-        # runs of rows stored back to back in one file hash as one slice
         breaks = np.flatnonzero(
             (self.file_of_row[1:] != self.file_of_row[:-1])
             | (self.input_start[1:] != ends[:-1])
             | (self.mask_start[1:] != self.mask_start[:-1] + self.row_length[:-1])
         )
-        starts = np.concatenate([[0], breaks + 1])
-        stops = np.concatenate([breaks + 1, [len(self)]])
-        for a, b in zip(starts, stops, strict=True):
-            if a == b:
-                continue
-            f = self.file_of_row[a]
-            digest.update(
-                self.inputs[f][self.input_start[a] : ends[b - 1]],
-                self.masks[f][self.mask_start[a] : self.mask_start[b - 1] + self.row_length[b - 1]],
-                self.row_length[a:b],
-            )
+        bounds = [0, *(breaks + 1).tolist(), len(self)]
+        for a, b in itertools.pairwise(bounds):
+            if a < b:
+                yield int(self.file_of_row[a]), a, b
+
+    def _mask_run(self, f: int, a: int, b: int) -> np.ndarray:
+        return self.masks[f][self.mask_start[a] : self.mask_start[b - 1] + self.row_length[b - 1]]
+
+    def content_hash(self) -> str:
+        """The :class:`ContentHash` of the stored rows (compare with the metadata's ``sha256``)."""
+        digest = ContentHash()
+        for f, a, b in self._runs():
+            inputs = self.inputs[f][self.input_start[a] : self.input_start[b - 1] + self.row_length[b - 1]]
+            digest.update(inputs, self._mask_run(f, a, b), self.row_length[a:b])
         return digest.hexdigest()
+
+    def useful_lengths(self) -> np.ndarray:
+        """Per row, the last position with mask 1, + 2 (the stored length where the mask is all 0).
+
+        One pass over the mask column, run by run: the positions of the ones, then a binary search
+        of each row's end among them (``hax_ssm.data.loader.useful_lengths`` is the plain version)."""
+        out = np.empty(len(self), np.int64)
+        for f, a, b in self._runs():
+            ones = np.flatnonzero(self._mask_run(f, a, b))
+            starts = self.mask_start[a:b] - self.mask_start[a]
+            last = np.searchsorted(ones, starts + self.row_length[a:b]) - 1  # last one before each row's end
+            pos = ones[np.maximum(last, 0)] if len(ones) else np.zeros_like(last)
+            has = (last >= 0) & (pos >= starts)
+            out[a:b] = np.where(has, np.minimum(pos - starts + 2, self.row_length[a:b]), self.row_length[a:b])
+        return out
 
 
 def read_metadata(root: str | os.PathLike) -> dict[str, Any] | None:

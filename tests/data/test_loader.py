@@ -133,3 +133,20 @@ def test_loader_errors(jr_dir):
         RecallLoader(jr_dir, "dev")
     with pytest.raises(ValueError, match="smaller than one global batch"):
         RecallLoader(jr_dir, "validation", batch_size=1000)
+
+
+def test_split_lengths_match_the_per_batch_rule(jr_dir, mqar_dir):
+    from hax_ssm.data.loader import useful_lengths
+
+    for path in (jr_dir, mqar_dir):
+        split = load_split(path, "train")
+        rows = np.arange(len(split))
+        masks = split.stored.gather_mask(rows, int(split.stored.row_length.max()))
+        masks[::7] = 0  # rows without any answer keep their stored length
+        expected = useful_lengths(masks, split.stored.row_length)
+        split.stored.masks = [m.copy() for m in split.stored.masks]
+        for f, m in enumerate(split.stored.masks):
+            sel = rows[(split.stored.file_of_row == f)][::7]
+            for r in sel:  # zero those rows in the copy (a loop in the test only)
+                m[split.stored.mask_start[r] : split.stored.mask_start[r] + split.stored.row_length[r]] = 0
+        assert np.array_equal(split.stored.useful_lengths(), expected)

@@ -67,9 +67,6 @@ class JointRecallTask:
         differ), so each shape is its own group."""
         return [(shape,) for shape in self.shapes()]
 
-    def row_length(self, shape: Shape) -> int:
-        return 2 + 2 * part_length(shape)
-
     def draw(self, shape: Shape, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` samples of ``shape``: tokens ``[n, L]`` and the mask ``[L]`` (same for every row)."""
         return draw_samples(shape, n, self.scheme, rng), inquiry_key_mask(shape)

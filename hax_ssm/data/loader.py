@@ -143,6 +143,7 @@ class RecallLoader:
         self.drop_last = shuffle if drop_last is None else drop_last
         self.global_batch = batch_size * world_size
         n = len(self.data)
+        require(n > 0, f"split {split!r} has no rows")
         self.steps_per_epoch = n // self.global_batch if self.drop_last else -(-n // self.global_batch)
         require(
             self.steps_per_epoch > 0,

@@ -51,9 +51,6 @@ class MQARTask:
         lengths = sorted({seq_len for seq_len, _ in self.configs})
         return [tuple(sorted(c for c in self.configs if c[0] == seq_len)) for seq_len in lengths]
 
-    def row_length(self, config: Config) -> int:
-        return config[0]
-
     def count_distinct(self, config: Config) -> int:
         """Number of distinct draws (keys, values, slots, fillers): exact for ``random_fill=False``,
         an upper bound on distinct token rows otherwise (a filler can copy a query)."""

@@ -350,10 +350,8 @@ def open_split(root: str | os.PathLike, split: str) -> StoredSplit:
         read_metadata(root),
         inputs,
         masks,
-        np.concatenate(file_of_row),
-        np.concatenate(input_start),
-        np.concatenate(mask_start),
-        np.concatenate(row_length),
+        np.concatenate([np.empty(0, np.int32), *file_of_row]),
+        *(np.concatenate([np.empty(0, np.int64), *column]) for column in (input_start, mask_start, row_length)),
     )
 
 

@@ -13,6 +13,7 @@ except ImportError:  # older typer depends on click
     from click import ClickException
 
 from hax_ssm import __version__
+from hax_ssm.data import commands as data_commands
 from hax_ssm.errors import HaxError
 
 app = typer.Typer(
@@ -39,7 +40,8 @@ def version() -> None:
 from hax_ssm.eval import commands as eval_commands  # noqa: E402
 from hax_ssm.train import commands as train_commands  # noqa: E402
 
-train_commands.register(app)  # train, sweep
+app.add_typer(data_commands.app, name="data")
+train_commands.register(app)  # train, sweep, demo
 eval_commands.register(app)  # eval, report
 
 

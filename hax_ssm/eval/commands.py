@@ -38,18 +38,18 @@ def eval_command(
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), bf16 or fp32")] = "auto",
 ) -> None:
     """Accuracy of a checkpoint on a split, overall and per task size (JSON and PNG)."""
+    from hax_ssm.data import RecallLoader
     from hax_ssm.eval.breakdown import write_eval_files
     from hax_ssm.eval.evaluate import evaluate
     from hax_ssm.train.config import PRECISIONS
     from hax_ssm.train.distributed import resolve_device
-    from hax_ssm.train.trainer import open_loader
 
     require(batch_size > 0, f"--batch-size {batch_size}: must be a positive integer")
     require(precision in PRECISIONS, f"--precision {precision!r}: allowed: {', '.join(PRECISIONS)}")
     dev = resolve_device(device)
     model, state, run_path = load_trained_model(checkpoint, dev)
     data = data_dir or state["config"]["data_dir"]
-    loader = open_loader(data, split, batch_size=batch_size, shuffle=False)
+    loader = RecallLoader(data, split, batch_size=batch_size, shuffle=False)
     result = evaluate(model, loader, dev, precision)
     files = write_eval_files(
         out or run_path / "eval",

@@ -69,11 +69,9 @@ def evaluate(
 ) -> EvalResult:
     """Run ``model`` in eval mode over ``batches`` (one pass); restores its train/eval mode.
 
-    The batches come from :func:`hax_ssm.train.data.as_recall_batch`-compatible loaders. Runs
+    ``batches`` are :class:`hax_ssm.data.Batch` (a ``RecallLoader`` with ``shuffle=False``). Runs
     under ``torch.random.fork_rng`` so that evaluating never moves the training RNG streams.
     """
-    from hax_ssm.train.data import as_recall_batch
-
     was_training = model.training
     model.eval()
     accs, ce_sum, count, sizes = [], torch.zeros((), device=device), torch.zeros((), device=device), []
@@ -82,14 +80,14 @@ def evaluate(
     try:
         with torch.random.fork_rng(devices=devices):
             for raw in batches:
-                batch = as_recall_batch(raw).to(device)
+                batch = raw.to(device)
                 with autocast_for(device, precision):
                     out = model(batch.input_ids, attention_mask=batch.attention_mask)
                 scores = score_recall(out.logits, batch.input_ids, batch.loss_mask)
                 accs.append(scores.sample_accuracy)
                 ce_sum += scores.ce_sum.sum()
                 count += scores.count.sum()
-                if with_sizes and batch.sizes is not None:
+                if with_sizes:
                     sizes.append(batch.sizes.cpu())
                     size_names = batch.size_names
     finally:

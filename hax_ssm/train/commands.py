@@ -188,5 +188,8 @@ def sweep(
 
 
 def register(app: typer.Typer) -> None:
+    from hax_ssm.train.demo import demo
+
     app.command(name="train")(train)
     app.command(name="sweep")(sweep)
+    app.command(name="demo")(demo)

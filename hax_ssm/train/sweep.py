@@ -214,6 +214,6 @@ def run_sweep(
 
 def _check_data(data_dir: str) -> None:
     """Fail once, before any run starts, when the data directory is not a dataset."""
-    from hax_ssm.train.trainer import open_loader
+    from hax_ssm.data import load_split
 
-    open_loader(data_dir, "train", batch_size=1, shuffle=True)
+    load_split(data_dir, "train")

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hax_ssm.data import Batch, RecallLoader
 from hax_ssm.errors import HaxError
 from hax_ssm.eval.evaluate import EvalResult, autocast_for, evaluate
 from hax_ssm.eval.metrics import score_recall
 from hax_ssm.train.config import TrainConfig
-from hax_ssm.train.data import RecallBatch, as_recall_batch
+from hax_ssm.train.data import micro_batches, pin_memory
 from hax_ssm.train.distributed import (
     all_reduce_sum,
     barrier,
@@ -102,7 +103,7 @@ class Trainer:
             self.run.check_fresh(overwrite)
         self.ctx, self.device = init_distributed(config.device)
         self.micro_batch = config.check_batch_split(self.ctx.world_size)
-        self._open_loader = loader_factory or open_loader
+        self._open_loader = loader_factory or RecallLoader
         # open every split before writing anything: a bad data dir fails here
         for split in (config.val_split, config.test_split):
             self._loader(split, train=False)
@@ -134,7 +135,7 @@ class Trainer:
             return self._open_loader(
                 c.data_dir,
                 split,
-                batch_size=c.batch_size,
+                batch_size=c.batch_size // self.ctx.world_size,  # the loader's batch is per rank
                 seed=c.seed,
                 start_step=start_step,
                 bucket_by_length=c.bucket_by_length,
@@ -227,10 +228,10 @@ class Trainer:
             self.run.save_checkpoint(self.run.best_checkpoint, state)
 
     # ------------------------------------------------------------------ one step
-    def _train_step(self, batch: RecallBatch) -> None:
+    def _train_step(self, batch: Batch) -> None:
         c = self.config
         set_lr(self.optimizer, warmup_constant_lr(self.step, c.lr, c.warmup_steps))
-        micros = [m.to(self.device, non_blocking=True) for m in batch.chunks(c.grad_accum)]
+        micros = [m.to(self.device, non_blocking=True) for m in micro_batches(batch, c.grad_accum)]
         # normalise by the masked positions of the whole global batch (all micro-batches, all ranks)
         masked = all_reduce_sum(self.ctx, torch.stack([m.loss_mask.sum() for m in micros]).sum().float())
         scale = self.ctx.world_size / masked  # DDP averages gradients over ranks
@@ -252,7 +253,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip) if c.grad_clip > 0 else zero
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stats = torch.stack([lm_total, gate_total, acc_total, torch.full_like(zero, len(batch)), grad_norm, zero])
+        rows = torch.full_like(zero, len(batch.input_ids))
+        stats = torch.stack([lm_total, gate_total, acc_total, rows, grad_norm, zero])
         self.window.sums += stats.double()
         self.window.steps += 1
 
@@ -377,21 +379,21 @@ class Trainer:
         return results
 
 
-def _prefetch(batches: Iterator[Any], device: torch.device, depth: int = 4) -> Iterator[RecallBatch]:
+def _prefetch(batches: Iterator[Batch], device: torch.device, depth: int = 4) -> Iterator[Batch]:
     """On CUDA, read and pin the next batches in a thread so the GPU never waits on the loader.
 
     The order is the loader's (one producer, FIFO), so prefetching changes nothing computed.
     """
     if device.type != "cuda":
-        yield from (as_recall_batch(b) for b in batches)
+        yield from batches
         return
     ready: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
 
     def produce() -> None:
         try:
-            for raw in batches:
-                ready.put(as_recall_batch(raw).pin_memory())
+            for batch in batches:
+                ready.put(pin_memory(batch))
         except BaseException as err:  # surfaced in the consumer
             ready.put(err)
         ready.put(done)
@@ -424,9 +426,3 @@ def _graceful_stop() -> Iterator[threading.Event]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def open_loader(data_dir: str, split: str, **kwargs: Any) -> Any:
-    from hax_ssm.data import RecallLoader
-
-    return RecallLoader(data_dir, split, **kwargs)

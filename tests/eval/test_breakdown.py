@@ -4,9 +4,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from hax_ssm.data import Batch
 from hax_ssm.eval.breakdown import size_grid, write_eval_files
 from hax_ssm.eval.evaluate import EvalResult, evaluate, group_accuracy
-from hax_ssm.train.data import RecallBatch
 
 
 def test_group_accuracy_averages_per_size():
@@ -37,7 +37,8 @@ def _batch(sizes):
     ids = torch.randint(10, 60, (b, 9))
     mask = torch.zeros(b, 9, dtype=torch.bool)
     mask[:, 2:8:2] = True
-    return RecallBatch(ids, torch.ones(b, 9, dtype=torch.bool), mask, torch.tensor(sizes), ("n_contexts", "n_keys"))
+    ones = torch.ones(b, 9, dtype=torch.bool)
+    return Batch(ids, mask, ones, torch.tensor(sizes), torch.arange(b), ("n_contexts", "n_keys"), step=0)
 
 
 def test_evaluate_breaks_accuracy_down_by_table_shape():

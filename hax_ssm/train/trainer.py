@@ -246,7 +246,7 @@ class Trainer:
                 lm = scores.ce_sum.sum() * scale
                 gate = out.gate_loss.float() / c.grad_accum if getattr(out, "gate_loss", None) is not None else zero
                 (lm + c.gate_loss_weight * gate).backward()
-            lm_total = lm_total + lm.detach()
+            lm_total = lm_total + lm.detach() / self.ctx.world_size  # summed over ranks when read
             gate_total = gate_total + gate.detach()
             acc_total = acc_total + scores.sample_accuracy.sum()
         params = [p for p in self.model.parameters() if p.grad is not None]

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
 
 from hax_ssm.train.config import TrainConfig
@@ -59,6 +58,8 @@ def demo(
 ) -> None:
     """Generate a small joint recall set (2-4 contexts x 2-4 keys), train Mamba2 + HAX on it on the CPU,
     print the test accuracy."""
+    import torch
+
     from hax_ssm.data import generate_joint_recall
     from hax_ssm.data.commands import describe
     from hax_ssm.train.commands import run_training

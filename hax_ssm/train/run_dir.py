@@ -19,8 +19,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hax_ssm.errors import HaxError
 from hax_ssm.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -98,6 +96,8 @@ class RunDir:
 
     # ---- checkpoints
     def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        import torch  # here, so that `hax --help` and `hax data` do not load torch
+
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write_bytes(path, buffer.getvalue())
@@ -107,6 +107,8 @@ class RunDir:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise HaxError(f"checkpoint {path}: no such file")

@@ -12,6 +12,11 @@ from hax_ssm.train.config import TrainConfig
 TINY_MODEL = {"hidden_size": 16, "num_heads": 2, "head_dim": 16, "state_size": 8, "num_hidden_layers": 1}
 
 
+@pytest.fixture
+def tiny_model():
+    return dict(TINY_MODEL)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("jr") / "data"

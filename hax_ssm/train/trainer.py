@@ -105,6 +105,7 @@ class Trainer:
         self.micro_batch = config.check_batch_split(self.ctx.world_size)
         self._open_loader = loader_factory or RecallLoader
         # open every split before writing anything: a bad data dir fails here
+        self._loader("train", train=True)
         for split in (config.val_split, config.test_split):
             self._loader(split, train=False)
         self.model_factory = model_factory

@@ -36,6 +36,30 @@ def test_bad_train_options(tmp_path, capsys, args, needles):
     assert not save.exists()
 
 
+def _arrow_split(path, columns: dict) -> None:
+    import pyarrow as pa
+
+    path.mkdir(parents=True)
+    table = pa.table({name: pa.array(values, type=pa.list_(pa.int32())) for name, values in columns.items()})
+    with pa.ipc.new_stream(str(path / "data-00000-of-00001.arrow"), table.schema) as writer:
+        writer.write_table(table)
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "wrong_columns"])
+def test_data_dir_that_is_not_a_dataset(tmp_path, capsys, problem):
+    data = tmp_path / "data"
+    if problem == "empty":
+        data.mkdir()
+    if problem == "wrong_columns":
+        for split in ("train", "validation", "test"):
+            _arrow_split(data / split, {"input_ids": [[1, 2, 3]], "labels": [[0, 1, 0]]})
+    save = tmp_path / "run"
+    code = main(["train", "--data-dir", str(data), "--save-dir", str(save)])
+    needle = {"missing": "does not exist", "empty": "not found", "wrong_columns": "no column 'inputs'"}[problem]
+    _one_line_error(capsys, code, str(data), needle)
+    assert not save.exists()
+
+
 def test_resume_without_a_run(tmp_path, capsys):
     code = main(["train", "--save-dir", str(tmp_path / "nothing"), "--resume"])
     _one_line_error(capsys, code, "--resume: no run to resume")

@@ -123,3 +123,24 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     state = load_checkpoint(run.last_checkpoint)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not run.is_finished()
+
+
+def test_sigterm_stops_at_the_end_of_the_step_with_a_checkpoint(tiny_config, monkeypatch):
+    import os
+    import signal
+
+    cfg = tiny_config()
+    trainer = Trainer(cfg)
+    original = trainer.model.forward
+
+    def terminated_during_step_3(*args, **kwargs):
+        if trainer.step == 2 and trainer.model.training:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "forward", terminated_during_step_3)
+    before = signal.getsignal(signal.SIGTERM)
+    assert trainer.fit() is None
+    assert signal.getsignal(signal.SIGTERM) == before  # our handler is gone again
+    run = RunDir(cfg.save_dir)
+    assert load_checkpoint(run.last_checkpoint)["step"] == 3 and not run.is_finished()

@@ -135,7 +135,9 @@ class SparseBranch(nn.Module):
                 "step()/prefill() need lsh_center='causal'"
             )
 
-    def init_state(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> SparseBranchState:
         """The empty state before the first token."""
         dtype = dtype or self.xx_proj.weight.dtype
         acc = torch.promote_types(dtype, torch.float32)

@@ -16,11 +16,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 def preset_names() -> list[str]:
     """Names of the model presets under configs/ (files whose JSON names a hax model_type)."""
-    names = []
-    for path in sorted(CONFIG_DIR.glob("*.json")):
-        if json.loads(path.read_text()).get("model_type") in CONFIG_CLASSES:
-            names.append(path.stem)
-    return names
+    names = [p.stem for p in CONFIG_DIR.glob("*.json") if json.loads(p.read_text()).get("model_type") in CONFIG_CLASSES]
+    return sorted(names, key=lambda name: (name.removesuffix("_2x"), name.endswith("_2x")))  # a base, then its 2x
 
 
 def _preset_file(preset: str | Path) -> Path:
@@ -46,9 +43,21 @@ def config_fields(config_class: type[HaxConfig]) -> set[str]:
     return fields - {"self"}
 
 
-def load_config(preset: str | Path, **overrides: Any) -> HaxConfig:
-    """The config of a preset name (``mamba``, ``mamba2``, ...) or JSON file, with ``overrides``
-    (e.g. ``sparse_arch="hax"``) applied; validated (HaxError on a bad value)."""
+def _check_settings(config_class: type[HaxConfig], names, where: str) -> None:
+    allowed = config_fields(config_class)
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        raise HaxError(
+            f"{where}: {config_class.model_type} has no setting {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def load_config(preset: str | Path | HaxConfig, **overrides: Any) -> HaxConfig:
+    """The config of a preset name (``mamba``, ``mamba2``, ...), a JSON file or a config, with
+    ``overrides`` (e.g. ``sparse_arch="hax"``) applied; validated (HaxError on a bad value)."""
+    if isinstance(preset, HaxConfig):
+        _check_settings(type(preset), overrides, "override")
+        return type(preset)(**{**preset.to_dict(), **overrides})
     path = _preset_file(preset)
     try:
         values = json.loads(path.read_text())
@@ -60,20 +69,15 @@ def load_config(preset: str | Path, **overrides: Any) -> HaxConfig:
         f"preset file {path}: model_type {model_type!r}; allowed: {', '.join(CONFIG_CLASSES)}",
     )
     config_class = CONFIG_CLASSES[model_type]
-    allowed = config_fields(config_class)
-    unknown = sorted(set(overrides) - allowed)
-    if unknown:
-        raise HaxError(f"{model_type} has no setting {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    _check_settings(config_class, values, f"preset file {path}")
+    _check_settings(config_class, overrides, "override")
     return config_class(**{**values, **overrides})
 
 
 def build_model(preset: str | Path | HaxConfig, **overrides: Any) -> HaxForCausalLM:
-    """A freshly initialised causal LM from a preset name, a JSON file or a config.
+    """A freshly initialised causal LM from a preset name, a JSON file or a config, with overrides.
 
     Example: ``build_model("mamba2", sparse_arch="hax", sparse_keys=64)``.
     """
-    if isinstance(preset, HaxConfig):
-        config = type(preset)(**{**preset.to_dict(), **overrides})
-    else:
-        config = load_config(preset, **overrides)
+    config = load_config(preset, **overrides)
     return MODEL_CLASSES[type(config)][1](config)

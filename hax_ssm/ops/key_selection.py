@@ -83,7 +83,7 @@ def select_best(cand_pos: Tensor, cand_score: Tensor, cand_valid: Tensor, query_
     return KeySelection(idx, valid, tau, tau_pos)
 
 
-def prefix_topk(scores: Tensor, key_mask: Tensor, k_c: int, block: int = 64) -> KeySelection:
+def prefix_topk(scores: Tensor, key_mask: Tensor, k_c: int, block: int = 128) -> KeySelection:
     """The k_c best real keys j <= i of every query i (tie: earlier key), blockwise, no L x L tensor."""
     b, n = scores.shape
     device = scores.device

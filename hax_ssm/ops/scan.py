@@ -8,10 +8,10 @@ Two implementations behind :func:`selective_scan`:
   also the fastest plain-torch path on a CPU (DESIGN.md: a loop beat chunked and associative
   scans on 2 cores at L=1024), so ``impl="auto"`` uses it there.
 - :func:`selective_scan_chunked`, a log-depth (Hillis-Steele) scan inside chunks, run for all
-  chunks at once, then a short loop carrying the state across chunks. It needs about
-  ``4 log2(chunk) + 2 L / chunk`` kernel launches instead of ``~3 L``: the GPU path.
-  Every factor it multiplies is a decay <= 1, so it is stable for any dt (a cumsum of log
-  decays followed by ``exp(-cumsum)`` would overflow once a chunk decays by more than e^88).
+  chunks at once, then a short loop carrying the state across chunks; its backward is the same
+  scan run backwards in time. About ``4 log2(chunk) + 2 L / chunk`` kernel launches instead of
+  ``~3 L``: the GPU path. Every factor it multiplies is a decay <= 1, so it is stable for any dt
+  (a cumsum of log decays then ``exp(-cumsum)`` overflows once a chunk decays by more than e^88).
 
 All maths is in fp32 whatever the input dtype; ``y`` comes back in ``x.dtype``. A Triton
 kernel can replace the internals later behind the same signature.
@@ -79,6 +79,57 @@ def _shift(t: torch.Tensor, offset: int, fill: float) -> torch.Tensor:
     return torch.cat([front, t[:, :, :-offset]], dim=2)
 
 
+@torch.no_grad()
+def _blocked_states(decay: torch.Tensor, inp: torch.Tensor, h0: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Every state of ``h_t = decay_t * h_{t-1} + inp_t`` (``[b, l, ...]``, ``h_{-1} = h0``).
+
+    A Hillis-Steele scan inside chunks of ``chunk`` steps, all chunks at once, then a loop over
+    chunks that carries the state in.
+    """
+    b, length, *rest = decay.shape
+    pad = -length % chunk
+    tail = (0, 0) * len(rest) + (0, pad)
+    # padded steps decay by 1 and add nothing
+    a = F.pad(decay, tail, value=1.0).view(b, -1, chunk, *rest)
+    h = F.pad(inp, tail).view(b, -1, chunk, *rest)
+    # inclusive scan under (a1, h1) then (a2, h2) = (a1 a2, a2 h1 + h2)
+    offset = 1
+    while offset < chunk:
+        h = h + a * _shift(h, offset, 0.0)
+        a = a * _shift(a, offset, 1.0)
+        offset *= 2
+    state, entering = h0, []
+    for c in range(a.shape[1]):
+        entering.append(state)
+        state = a[:, c, -1] * state + h[:, c, -1]
+    h = h + a * torch.stack(entering, dim=1).unsqueeze(2)
+    return h.view(b, -1, *rest)[:, :length]
+
+
+class _LinearScan(torch.autograd.Function):
+    """All states of the recurrence, with a backward that is itself a (reversed) scan.
+
+    Autograd through the blocked scan would keep every level's tensors ([b, l, d, n] each,
+    ~0.5 GB at the paper's batch); this keeps the states only.
+    """
+
+    @staticmethod
+    def forward(ctx, decay: torch.Tensor, inp: torch.Tensor, h0: torch.Tensor, chunk: int) -> torch.Tensor:
+        states = _blocked_states(decay, inp, h0, chunk)
+        ctx.save_for_backward(decay, states, h0)
+        ctx.chunk = chunk
+        return states
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        decay, states, h0 = ctx.saved_tensors
+        # dL/dh_t in total: G_t = grad_t + decay_{t+1} G_{t+1}, a scan run backwards in time
+        next_decay = torch.cat([decay[:, 1:], torch.zeros_like(decay[:, :1])], dim=1)
+        total = _blocked_states(next_decay.flip(1), grad.flip(1), torch.zeros_like(h0), ctx.chunk).flip(1)
+        previous = torch.cat([h0.unsqueeze(1), states[:, :-1]], dim=1)
+        return total * previous, total, decay[:, 0] * total[:, 0], None
+
+
 def selective_scan_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -92,32 +143,11 @@ def selective_scan_chunked(
     chunk_size: int = 64,
 ) -> ScanResult:
     """Blocked scan (see the module docstring); same arguments and results as the reference."""
-    b, length, d = x.shape
     decay, inp = _discretize(x, dt, A, B)
-    chunk = max(1, min(chunk_size, length))
-    pad = -length % chunk
-    # padded steps decay by 1 and add nothing, so the final state is the one at `length`
-    decay = F.pad(decay, (0, 0, 0, 0, 0, pad), value=1.0).view(b, -1, chunk, *A.shape)
-    inp = F.pad(inp, (0, 0, 0, 0, 0, pad)).view(b, -1, chunk, *A.shape)
-
-    # inclusive scan of (decay, inp) under (a1, h1) then (a2, h2) = (a1 a2, a2 h1 + h2), in every chunk
-    offset = 1
-    while offset < chunk:
-        inp = inp + decay * _shift(inp, offset, 0.0)
-        decay = decay * _shift(decay, offset, 1.0)
-        offset *= 2
-
-    # carry the state across chunks: entering[c] is the state before chunk c
-    h = _initial(x, A, initial_state)
-    entering = []
-    for c in range(decay.shape[1]):
-        entering.append(h)
-        h = decay[:, c, -1] * h + inp[:, c, -1]
-    states = inp + decay * torch.stack(entering, dim=1).unsqueeze(2)
-
-    C = F.pad(C.float(), (0, 0, 0, pad)).view(b, -1, chunk, C.shape[-1])
-    y = torch.einsum("bctdn,bctn->bctd", states, C).reshape(b, -1, d)[:, :length]
-    return _finish(y, x, D, z), h if return_final_state else None
+    chunk = max(1, min(chunk_size, x.shape[1]))
+    states = _LinearScan.apply(decay, inp, _initial(x, A, initial_state), chunk)
+    y = torch.einsum("bldn,bln->bld", states, C.float())
+    return _finish(y, x, D, z), states[:, -1] if return_final_state else None
 
 
 def selective_scan(

@@ -14,6 +14,8 @@ from hax_ssm.ops.attention.reference import reference_attention
 from hax_ssm.ops.attention.sparse import sparse_attention_forward
 from hax_ssm.ops.patterns import SparseSpec
 
+# Every implementation: fn(q, k, v, spec, key_mask, q_buckets, k_buckets, key_scores) -> out, with inputs
+# already validated (key_mask a [B, L] bool tensor, key_scores detached). A Triton one registers here.
 IMPLS = {"reference": reference_attention, "sparse": sparse_attention_forward}
 # What "auto" means; the Triton path will be chosen here for CUDA inputs.
 AUTO_IMPL = "sparse"

@@ -5,7 +5,7 @@ mask; the union sorts the concatenated lists and drops duplicates, so a key reac
 is counted once. :class:`GatherAttention` then attends over the listed keys, query chunk by query
 chunk, and recomputes the gathers in backward: peak memory is O(L * W), never O(L * W * d) (a
 plain [B, L, W, d] gather at 64K was 20.5 GB, DESIGN.md). Nothing here has L x L elements; only
-``full`` is O(L^2) in time (it is the dense baseline), computed in query chunks.
+``full`` is O(L^2) in time (it is the dense baseline): :class:`FullAttention` does it in query chunks.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from hax_ssm.ops.attention.reference import dense_attention
 from hax_ssm.ops.common import acc_dtype
 from hax_ssm.ops.key_selection import prefix_topk
 from hax_ssm.ops.lsh import lsh_candidates
@@ -63,7 +61,7 @@ def union_keys(parts: list[tuple[Tensor, Tensor]], key_mask: Tensor) -> tuple[Te
     return code.clamp_max(n_keys - 1), (code < n_keys) & ~duplicate
 
 
-def sparse_keys(
+def key_lists(
     spec: SparseSpec,
     key_mask: Tensor,
     q_buckets: Tensor | None = None,
@@ -84,22 +82,36 @@ def sparse_keys(
     return union_keys(parts, key_mask)
 
 
+def _flat_index(idx: Tensor, n_keys: int) -> Tensor:
+    """Rows of idx [B, C, W] in a [B * n_keys, d] view."""
+    return (idx + torch.arange(idx.shape[0], device=idx.device)[:, None, None] * n_keys).reshape(-1)
+
+
 def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
-    """x [B, N, d] at idx [B, C, W] -> [B, C, W, d]."""
-    b, c, w = idx.shape
-    return x.gather(1, idx.reshape(b, c * w, 1).expand(-1, -1, x.shape[-1])).view(b, c, w, x.shape[-1])
+    """x [B, N, d] at idx [B, C, W] -> [B, C, W, d] (index_select: ~10x faster than gather on CPU)."""
+    b, n, d = x.shape
+    return x.reshape(b * n, d).index_select(0, _flat_index(idx, n)).view(*idx.shape, d)
 
 
-def _chunk_scores(q: Tensor, k: Tensor, idx: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+def _softmax_rows(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Weights and log-sum-exp of masked scores [..., W] (-inf = masked); a row with no key gets weights 0."""
+    row_max = scores.amax(-1, keepdim=True)
+    p = torch.exp(scores - torch.where(torch.isfinite(row_max), row_max, 0.0))
+    denom = p.sum(-1, keepdim=True)
+    # lse = inf on empty rows, so backward's exp(scores - lse) = exp(-inf) = 0, never NaN
+    lse = torch.where(denom > 0, row_max + torch.log(denom), float("inf"))
+    return p / denom.clamp_min(torch.finfo(p.dtype).tiny), lse.squeeze(-1)
+
+
+def _gathered_scores(q: Tensor, k: Tensor, idx: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     keys = _gather_rows(k, idx)
-    scores = (keys @ q[..., None]).squeeze(-1).masked_fill(~valid, -float("inf"))
-    return scores, keys
+    return (keys @ q[..., None]).squeeze(-1).masked_fill(~valid, -float("inf")), keys
 
 
 class GatherAttention(torch.autograd.Function):
     """softmax over listed keys: q [B, L, dk], k [B, N, dk], v [B, N, dv], idx/valid [B, L, W] -> [B, L, dv].
 
-    Chunked over queries; backward recomputes the gathers from the saved log-sum-exp, and
+    Chunked over queries; backward recomputes the gathers from the saved log-sum-exp and
     accumulates dK, dV with index_add (deterministic on CPU). Invalid slots weigh 0; a query
     with no valid slot outputs 0.
     """
@@ -107,73 +119,86 @@ class GatherAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
         dtype = acc_dtype(q)
-        qf, kf, vf = q.to(dtype), k.to(dtype), v.to(dtype)
+        qf, kf, vf = (x.to(dtype).contiguous() for x in (q, k, v))
         b, n, w = idx.shape
-        chunk = max(1, CHUNK_ELEMENTS // (b * w * (q.shape[-1] + v.shape[-1])))
-        out = vf.new_empty(b, n, v.shape[-1])
-        lse = qf.new_empty(b, n)
-        for s in range(0, n, chunk):
-            sl = slice(s, s + chunk)
-            scores, _ = _chunk_scores(qf[:, sl], kf, idx[:, sl], valid[:, sl])
-            row_max = scores.amax(-1, keepdim=True)
-            row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
-            p = torch.exp(scores - row_max)
-            denom = p.sum(-1)
-            values = _gather_rows(vf, idx[:, sl])
-            out[:, sl] = (p[..., None, :] @ values).squeeze(-2) / denom.clamp_min(torch.finfo(dtype).tiny)[..., None]
-            # inf for empty rows: exp(-inf - inf) = 0 in backward, never NaN
-            lse[:, sl] = torch.where(denom > 0, row_max.squeeze(-1) + torch.log(denom), float("inf"))
+        ctx.chunk = max(1, CHUNK_ELEMENTS // (b * w * (q.shape[-1] + v.shape[-1])))
+        out, lse = vf.new_empty(b, n, v.shape[-1]), qf.new_empty(b, n)
+        for s in range(0, n, ctx.chunk):
+            sl = slice(s, s + ctx.chunk)
+            scores, _ = _gathered_scores(qf[:, sl], kf, idx[:, sl], valid[:, sl])
+            p, lse[:, sl] = _softmax_rows(scores)
+            out[:, sl] = (p[..., None, :] @ _gather_rows(vf, idx[:, sl])).squeeze(-2)
         ctx.save_for_backward(q, k, v, idx, valid, out, lse)
-        ctx.chunk = chunk
         return out.to(v.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, idx, valid, out, lse = ctx.saved_tensors
         dtype = out.dtype
-        qf, kf, vf, go = q.to(dtype), k.to(dtype), v.to(dtype), grad_out.to(dtype)
+        qf, kf, vf, go = (x.to(dtype).contiguous() for x in (q, k, v, grad_out))
         b, n, _ = idx.shape
         n_keys = k.shape[1]
         delta = (go * out).sum(-1)
         dq = torch.zeros_like(qf)
         dk = kf.new_zeros(b * n_keys, k.shape[-1])  # flat rows: one index_add_ per chunk for the whole batch
         dv = vf.new_zeros(b * n_keys, v.shape[-1])
-        batch_offset = torch.arange(b, device=idx.device)[:, None, None] * n_keys
         for s in range(0, n, ctx.chunk):
             sl = slice(s, s + ctx.chunk)
-            scores, keys = _chunk_scores(qf[:, sl], kf, idx[:, sl], valid[:, sl])
+            scores, keys = _gathered_scores(qf[:, sl], kf, idx[:, sl], valid[:, sl])
             p = torch.exp(scores - lse[:, sl, None])
-            values = _gather_rows(vf, idx[:, sl])
-            dp = (values @ go[:, sl, :, None]).squeeze(-1)
+            dp = (_gather_rows(vf, idx[:, sl]) @ go[:, sl, :, None]).squeeze(-1)
             ds = p * (dp - delta[:, sl, None])
             dq[:, sl] = (ds[..., None, :] @ keys).squeeze(-2)
-            flat = (idx[:, sl] + batch_offset).reshape(-1)
+            flat = _flat_index(idx[:, sl], n_keys)
             dk.index_add_(0, flat, (ds[..., None] * qf[:, sl, None, :]).reshape(-1, k.shape[-1]))
             dv.index_add_(0, flat, (p[..., None] * go[:, sl, None, :]).reshape(-1, v.shape[-1]))
-        return (
-            dq.to(q.dtype),
-            dk.view(b, n_keys, -1).to(k.dtype),
-            dv.view(b, n_keys, -1).to(v.dtype),
-            None,
-            None,
-        )
+        return dq.to(q.dtype), dk.view(b, n_keys, -1).to(k.dtype), dv.view(b, n_keys, -1).to(v.dtype), None, None
 
 
 def gather_attention(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
     return GatherAttention.apply(q, k, v, idx, valid)
 
 
-def full_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
-    """Causal softmax over all real keys in query chunks (each recomputed in backward): O(chunk * L) memory."""
-    b, n = key_mask.shape
-    chunk = max(1, CHUNK_ELEMENTS // (b * n))
-    pos = torch.arange(n, device=q.device)
-    outs = []
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        allowed = (pos[None, None, :e] <= pos[None, s:e, None]) & key_mask[:, None, :e]
-        outs.append(checkpoint(dense_attention, q[:, s:e], k[:, :e], v[:, :e], allowed, use_reentrant=False))
-    return torch.cat(outs, dim=1)
+def _causal_scores(q: Tensor, k: Tensor, key_mask: Tensor, s: int, e: int) -> Tensor:
+    """Scores of queries s..e-1 against keys 0..e-1 [B, e - s, e], masked causally and by padding."""
+    pos = torch.arange(e, device=q.device)
+    allowed = (pos[None, None, :] <= pos[None, s:e, None]) & key_mask[:, None, :e]
+    return (q[:, s:e] @ k[:, :e].transpose(1, 2)).masked_fill(~allowed, -float("inf"))
+
+
+class FullAttention(torch.autograd.Function):
+    """Causal softmax over all real keys, in query chunks recomputed in backward: O(chunk * L) memory."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+        dtype = acc_dtype(q)
+        qf, kf, vf = (x.to(dtype).contiguous() for x in (q, k, v))
+        b, n, _ = q.shape
+        ctx.chunk = max(1, CHUNK_ELEMENTS // (b * n))
+        out, lse = vf.new_empty(b, n, v.shape[-1]), qf.new_empty(b, n)
+        for s in range(0, n, ctx.chunk):
+            e = min(n, s + ctx.chunk)
+            p, lse[:, s:e] = _softmax_rows(_causal_scores(qf, kf, key_mask, s, e))
+            out[:, s:e] = p @ vf[:, :e]
+        ctx.save_for_backward(q, k, v, key_mask, out, lse)
+        return out.to(v.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, key_mask, out, lse = ctx.saved_tensors
+        dtype = out.dtype
+        qf, kf, vf, go = (x.to(dtype).contiguous() for x in (q, k, v, grad_out))
+        n = q.shape[1]
+        delta = (go * out).sum(-1)
+        dq, dk, dv = torch.zeros_like(qf), torch.zeros_like(kf), torch.zeros_like(vf)
+        for s in range(0, n, ctx.chunk):
+            e = min(n, s + ctx.chunk)
+            p = torch.exp(_causal_scores(qf, kf, key_mask, s, e) - lse[:, s:e, None])
+            ds = p * (go[:, s:e] @ vf[:, :e].transpose(1, 2) - delta[:, s:e, None])
+            dq[:, s:e] = ds @ kf[:, :e]
+            dk[:, :e] += ds.transpose(1, 2) @ qf[:, s:e]
+            dv[:, :e] += p.transpose(1, 2) @ go[:, s:e]
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
 
 
 def sparse_attention_forward(
@@ -187,6 +212,6 @@ def sparse_attention_forward(
     key_scores: Tensor | None = None,
 ) -> Tensor:
     if spec.parts == ("full",):
-        return full_attention(q, k, v, key_mask)
-    idx, valid = sparse_keys(spec, key_mask, q_buckets, k_buckets, key_scores)
+        return FullAttention.apply(q, k, v, key_mask)
+    idx, valid = key_lists(spec, key_mask, q_buckets, k_buckets, key_scores)
     return gather_attention(q, k, v, idx, valid)

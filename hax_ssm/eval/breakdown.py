@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hax_ssm.eval.evaluate import EvalResult
+from hax_ssm.eval.evaluation import EvalResult
 from hax_ssm.eval.metrics import CHANCE_ACCURACY
 from hax_ssm.utils.io import atomic_write_bytes, atomic_write_json
 from hax_ssm.utils.provenance import provenance

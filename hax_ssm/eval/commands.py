@@ -40,7 +40,7 @@ def eval_command(
     """Accuracy of a checkpoint on a split, overall and per task size (JSON and PNG)."""
     from hax_ssm.data import RecallLoader
     from hax_ssm.eval.breakdown import write_eval_files
-    from hax_ssm.eval.evaluate import evaluate
+    from hax_ssm.eval.evaluation import evaluate
     from hax_ssm.train.config import PRECISIONS
     from hax_ssm.train.distributed import resolve_device
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from hax_ssm.data import Batch, RecallLoader
 from hax_ssm.errors import HaxError
-from hax_ssm.eval.evaluate import EvalResult, autocast_for, evaluate
+from hax_ssm.eval.evaluation import EvalResult, autocast_for, evaluate
 from hax_ssm.eval.metrics import score_recall
 from hax_ssm.train.config import TrainConfig
 from hax_ssm.train.data import micro_batches, pin_memory

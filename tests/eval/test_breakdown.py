@@ -6,7 +6,7 @@ import torch
 
 from hax_ssm.data import Batch
 from hax_ssm.eval.breakdown import size_grid, write_eval_files
-from hax_ssm.eval.evaluate import EvalResult, evaluate, group_accuracy
+from hax_ssm.eval.evaluation import EvalResult, evaluate, group_accuracy
 
 
 def test_group_accuracy_averages_per_size():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hax_ssm.data import RecallLoader, generate_joint_recall, generate_mqar
-from hax_ssm.eval.evaluate import evaluate
+from hax_ssm.eval.evaluation import evaluate
 from hax_ssm.models import build_model
 
 

@@ -23,3 +23,13 @@ def test_eval_a_run_on_any_split(tiny_config, tmp_path, capsys):
     assert main(["eval", ckpt, "--split", "validation", "--out", str(out), "--batch-size", "5"]) == 0
     assert json.loads((out / "validation.json").read_text())["samples"] == 12
     assert "validation accuracy" in capsys.readouterr().out
+
+
+def test_demo_generates_trains_and_reports(tmp_path, capsys):
+    # the real demo takes minutes; two steps check the wiring (data summary, training, per-shape table)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "joint_recall at" in out and "rows: train 22,500, validation 450, test 450" in out
+    assert "test accuracy per table shape (n_c x n_k):" in out and "  4 x 4:" in out
+    assert "demo: test accuracy" in out
+    assert (tmp_path / "demo" / "run" / "results.json").is_file()

@@ -97,17 +97,18 @@ class Trainer:
     ):
         self.config = config.validate()
         self.run = RunDir(config.save_dir)
+        self.ctx, self.device = init_distributed(config.device)
+        # every check before anything is written (and on every rank before rank 0 writes)
         if resume:
             self.run.check_resumable()
         else:
             self.run.check_fresh(overwrite)
-        self.ctx, self.device = init_distributed(config.device)
-        self.micro_batch = config.check_batch_split(self.ctx.world_size)
+        config.check_batch_split(self.ctx.world_size)
         self._open_loader = loader_factory or RecallLoader
-        # open every split before writing anything: a bad data dir fails here
-        self._loader("train", train=True)
+        self._loader("train", train=True)  # a data dir that is not a dataset fails here
         for split in (config.val_split, config.test_split):
             self._loader(split, train=False)
+        barrier(self.ctx)
         self.model_factory = model_factory
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -189,6 +190,12 @@ class Trainer:
             "rng": rng_states,  # one per rank: the ranks' streams diverge (LSH draws, gate-loss sampling)
             "best": dict(self.best),
             "window": {"sums": self.window.sums.cpu(), "steps": self.window.steps},
+            **self._what_was_trained(),
+        }
+
+    def _what_was_trained(self) -> dict[str, Any]:
+        """What a checkpoint needs to rebuild its model (``hax eval`` reads it)."""
+        return {
             "config": self.config.to_dict(),
             "model_build": {"preset": self.config.preset, "kwargs": self.config.model_kwargs()},
         }
@@ -223,8 +230,7 @@ class Trainer:
                 "step": self.step,
                 "model": self.model.state_dict(),
                 "best": dict(self.best),
-                "config": self.config.to_dict(),
-                "model_build": {"preset": self.config.preset, "kwargs": self.config.model_kwargs()},
+                **self._what_was_trained(),
             }
             self.run.save_checkpoint(self.run.best_checkpoint, state)
 
@@ -308,7 +314,7 @@ class Trainer:
             result[0], result[1] = res.accuracy, res.loss
         acc, loss = broadcast_from_main(self.ctx, result).tolist()
         if not math.isfinite(loss):
-            self._check_finite({"loss": loss}, self.step)
+            raise Diverged(f"validation loss became {loss} at step {self.step}: stopped; the last checkpoint is kept")
         if self.sinks is not None:
             self.sinks.write([{"step": self.step, "split": self.config.val_split, "loss": loss, "accuracy": acc}])
         if acc > self.best["val_accuracy"]:

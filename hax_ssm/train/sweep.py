@@ -169,31 +169,39 @@ def run_sweep(
     active: dict[str, tuple[subprocess.Popen, Any]] = {}
     queue = list(todo)
     stop = {"signal": False}
+    signalled: set[str] = set()
     previous = {s: signal.signal(s, lambda *_: stop.update(signal=True)) for s in (signal.SIGTERM, signal.SIGINT)}
     env = _child_env(parallel, runs[0].config.device if runs else "auto")
     bar = tqdm(total=len(todo), desc="sweep", unit="run")
     try:
         while queue or active:
-            out_of_time = (remaining() or 1) <= 0
+            left = remaining()
+            out_of_time = left is not None and left <= 0
             while queue and len(active) < parallel and not stop["signal"] and not out_of_time:
                 run = queue.pop(0)
                 log = (sweep_dir / "logs" / f"{run.name}.log").open("a")
-                cmd = _child_command(run, sweep_dir / "configs" / f"{run.name}.json", remaining())
+                cmd = _child_command(run, sweep_dir / "configs" / f"{run.name}.json", left)
                 log.write(f"$ {' '.join(cmd)}\n")
                 log.flush()
                 active[run.name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
             if (stop["signal"] or out_of_time) and not active:
                 break
-            if stop["signal"]:
-                for proc, _ in active.values():
-                    if proc.poll() is None:
+            if stop["signal"]:  # each child once: it finishes its step, checkpoints and exits
+                for name, (proc, _) in active.items():
+                    if name not in signalled and proc.poll() is None:
                         proc.send_signal(signal.SIGTERM)
+                        signalled.add(name)
             time.sleep(0.2)
             for name in [n for n, (p, _) in active.items() if p.poll() is not None]:
                 proc, log = active.pop(name)
                 log.close()
                 run = next(r for r in todo if r.name == name)
-                status = "failed" if proc.returncode != 0 else ("finished" if run.run_dir.is_finished() else "stopped")
+                if run.status == FINISHED:
+                    status = "finished"
+                elif proc.returncode == 0 or name in signalled:
+                    status = "stopped"
+                else:
+                    status = "failed"
                 outcome[status].append(name)
                 bar.update(1)
                 if status == "failed":

@@ -102,6 +102,8 @@ def demo(
             f"demo: test accuracy {100 * results['test']['accuracy']:.1f}% (chance 6.25%) "
             f"in {time.perf_counter() - started:.0f} s wall"
         )
+        if out is None:
+            print("(data and run were in a temporary directory, now removed: pass --out DIR to keep them)")
 
 
 def _per_size_table(test: dict) -> str:

@@ -23,7 +23,7 @@ _HELP = {
     "num_hash": "LSH hash functions",
     "gate_loss_weight": "weight of the key-selection ranking (gate) loss",
     "lsh_center": "causal, or sequence (the reference's; leaks future tokens)",
-    "attention_impl": "auto, sparse (O(L*k)) or reference (dense L x L masks)",
+    "attention_impl": "auto, sparse (O(L*k)), triton (CUDA) or reference (dense L x L masks)",
     "lr": "peak learning rate",
     "weight_decay": "AdamW weight decay (matrices only)",
     "grad_clip": "gradient-norm clip, 0 = off",

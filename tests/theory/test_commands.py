@@ -18,7 +18,6 @@ def test_table_shapes_spread_the_bits_over_the_levels():
 
 
 def test_construct_writes_json_and_figure(tmp_path, capsys):
-    pytest.importorskip("hax_ssm.data.joint_recall")
     assert (
         main(
             ["theory", "construct", "--max-entries", "64", "--levels", "2", "--levels", "3", "--out-dir", str(tmp_path)]

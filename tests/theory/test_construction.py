@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("hax_ssm.data.joint_recall")
-
 from hax_ssm.data.joint_recall import draw_samples, inquiry_key_mask
 from hax_ssm.data.tokens import FIRST_VALUE_ID
-
 from hax_ssm.errors import HaxError
 from hax_ssm.theory.construction import (
     RecallConstruction,

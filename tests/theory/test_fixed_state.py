@@ -6,10 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-pytest.importorskip("hax_ssm.train.trainer")
-
 from hax_ssm.data import RecallLoader
-
 from hax_ssm.errors import HaxError
 from hax_ssm.theory.fixed_state import (
     BoundExperiment,

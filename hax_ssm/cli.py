@@ -15,6 +15,7 @@ except ImportError:  # older typer depends on click
 from hax_ssm import __version__
 from hax_ssm.data import commands as data_commands
 from hax_ssm.errors import HaxError
+from hax_ssm.lm.commands import app as lm_app
 
 app = typer.Typer(
     name="hax",
@@ -37,8 +38,9 @@ def version() -> None:
     print(__version__)
 
 
-app.add_typer(data_commands.app, name="data")
+app.add_typer(data_commands.app, name="data")  # hax data joint-recall / mqar / info
 app.command("demo")(data_commands.demo)
+app.add_typer(lm_app)  # hax corpus / ruler / longbench
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,13 +2,14 @@
 
 ``DIR/dataset_dict.json`` lists the splits; each ``DIR/<split>/`` holds Arrow IPC stream files
 (``data-*.arrow``, columns ``inputs`` list<int32> and ``mask`` list<int8>), ``state.json`` and
-``dataset_info.json``, exactly what ``datasets.save_to_disk`` writes, so
+``dataset_info.json``: the files ``datasets.save_to_disk`` writes, so
 ``datasets.load_from_disk(DIR)`` loads it. ``DIR/hax_data.json`` adds what we know about the
 data (task, parameters, id scheme, counts and a content hash per split). Reading needs neither
 ``datasets`` nor the metadata file, so the reference's published dataset reads the same way.
 
-Writing streams: generated rows go to a writer thread (Arrow) and a hasher thread, in order, so
-memory stays bounded and the disk, the hash and the generator work at the same time.
+Writing streams: generated rows go to a writer thread (Arrow, through :class:`DirectFile`, which
+bypasses the page cache) and a hasher thread, in order, so memory stays bounded and the disk, the
+hash and the generator work at the same time.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""``hax data joint-recall | mqar | info`` and ``hax demo``."""
+"""``hax data joint-recall | mqar | info``."""
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -161,26 +158,3 @@ def render_joint_recall(tokens: np.ndarray, mask: np.ndarray, scheme: JointRecal
         if word:
             words.append(word + ("*" if scored else ""))
     return " ".join(words[:limit]) + (f" ... ({len(words)} tokens)" if len(words) > limit else "")
-
-
-@contextlib.contextmanager
-def _demo_dir(out: Path | None) -> Iterator[Path]:
-    if out is not None:
-        yield out
-        return
-    with tempfile.TemporaryDirectory(prefix="hax-demo-") as tmp:
-        yield Path(tmp) / "joint_recall"
-
-
-def demo(
-    out: Annotated[
-        Path | None, typer.Option(help="keep the demo dataset here (default: a temporary directory)")
-    ] = None,
-    overwrite: Overwrite = False,
-) -> None:
-    """Generate a small joint recall set (2-4 contexts x 2-4 keys) and summarise it."""
-    with _demo_dir(out) as root:
-        generate_joint_recall(
-            root, sizes="2-4,2-4", train_per_pair=1000, eval_per_pair=50, workers=1, overwrite=overwrite, progress=False
-        )
-        print(describe(root))

@@ -70,7 +70,7 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
     assert (out / "hax_data.json").read_text() != before
 
 
-def test_generate_info_and_demo(tmp_path, capsys):
+def test_generate_and_info(tmp_path, capsys):
     assert (
         main(
             [
@@ -96,6 +96,3 @@ def test_generate_info_and_demo(tmp_path, capsys):
     assert "rows: train 20, validation 4, test 4" in capsys.readouterr().out
     assert main(["data", "info", str(tmp_path / "m")]) == 0
     assert "mqar at" in capsys.readouterr().out
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
-    assert "joint_recall at" in out and "rows: train 9,000, validation 450, test 450" in out and "<sep>" in out

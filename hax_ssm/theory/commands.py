@@ -49,16 +49,6 @@ def _write(out_dir: Path, name: str, body: dict[str, Any]) -> None:
 
 
 @app.command()
-def plot(out_dir: _OutDir = OUT_DIR) -> None:
-    """Draw theory.png from the JSON files of construct and bound found in --out-dir."""
-    from hax_ssm.theory.plot import load_results, plot_theory
-
-    construct, bound = load_results(out_dir)
-    require(construct is not None or bound is not None, f"--out-dir {out_dir}: no construct.json or bound.json to plot")
-    print(f"wrote {plot_theory(out_dir, construct, bound)}")
-
-
-@app.command()
 def construct(
     max_entries: Annotated[int, typer.Option(help="largest table (n = product of the sides)")] = 65536,
     levels: Annotated[list[int], typer.Option("--levels", help="context levels W (2 = joint recall); repeat")] = [2, 3],  # noqa: B006
@@ -120,3 +110,13 @@ def bound(
         )
         print(f"{model['name']} ({model['state_bits']} bits) value accuracy/exact match: {cells}")
     _write(out_dir, BOUND_JSON, body)
+
+
+@app.command()
+def plot(out_dir: _OutDir = OUT_DIR) -> None:
+    """Draw theory.png from the JSON files of construct and bound found in --out-dir."""
+    from hax_ssm.theory.plot import load_results, plot_theory
+
+    construct, bound = load_results(out_dir)
+    require(construct is not None or bound is not None, f"--out-dir {out_dir}: no construct.json or bound.json to plot")
+    print(f"wrote {plot_theory(out_dir, construct, bound)}")

@@ -18,6 +18,7 @@ from hax_ssm.data import commands as data_commands
 from hax_ssm.errors import HaxError
 from hax_ssm.eval import commands as eval_commands
 from hax_ssm.lm.commands import app as lm_app
+from hax_ssm.theory.commands import app as theory_app
 from hax_ssm.train import commands as train_commands
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ app.add_typer(data_commands.app, name="data")  # hax data joint-recall / mqar / 
 train_commands.register(app)  # train, sweep, demo
 eval_commands.register(app)  # eval, report
 app.add_typer(lm_app)  # hax corpus / ruler / longbench
+app.add_typer(theory_app)  # hax theory construct / bound / plot
 
 
 @app.command()

@@ -23,13 +23,14 @@ recorded. An error of a fast-path config, or a missed target with --check, exits
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import io
 import math
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,18 @@ def time_op(run: Callable[[], Any], reps: int = 10) -> tuple[float, float]:
     return start.elapsed_time(end) / reps, torch.cuda.max_memory_allocated() / 2**30
 
 
+@contextlib.contextmanager
+def scan_segments(segments: int | None) -> Iterator[None]:
+    """Force the Triton scan's number of time segments (None: its own choice)."""
+    import hax_ssm.ops.triton_scan as ts
+
+    old, ts.SEGMENTS_OVERRIDE = ts.SEGMENTS_OVERRIDE, segments
+    try:
+        yield
+    finally:
+        ts.SEGMENTS_OVERRIDE = old
+
+
 def op_table(batch: int, length: int) -> list[dict[str, Any]]:
     from hax_ssm.ops.conv import causal_conv1d
     from hax_ssm.ops.scan import selective_scan
@@ -288,18 +301,25 @@ def op_table(batch: int, length: int) -> list[dict[str, Any]]:
         dt = F.softplus(leaf(batch, length, d, dtype=torch.float32, shift=-4.0)).detach().requires_grad_()
         A = (-torch.arange(1, 17, device=dev, dtype=torch.float32)).repeat(d, 1).requires_grad_()
         B, C, D = leaf(batch, length, 16), leaf(batch, length, 16), leaf(d, dtype=torch.float32)
-        for impl in ("chunked", "triton"):
-            fn = lambda *t, impl=impl: selective_scan(*t, impl=impl)[0]
-            add(f"mamba scan d={d} n=16", impl, fn, x, dt, A, B, C, D, z)
+        args = (x, dt, A, B, C, D, z)
+        add(f"mamba scan d={d} n=16", "chunked", lambda *t: selective_scan(*t, impl="chunked")[0], *args)
+        for segments in (None, 1, 4):
+            with scan_segments(segments):
+                label = "triton" + ("" if segments is None else f"(S={segments})")
+                add(f"mamba scan d={d} n=16", label, lambda *t: selective_scan(*t, impl="triton")[0], *args)
     for heads, p in ((8, 16), (8, 32)):
         x = leaf(batch, length, heads, p)
         dt = F.softplus(leaf(batch, length, heads, dtype=torch.float32, shift=-4.0)).detach().requires_grad_()
         A = (-torch.rand(heads, device=dev) * 15 - 1).requires_grad_()
         B, C, D = leaf(batch, length, 1, 32), leaf(batch, length, 1, 32), leaf(heads, dtype=torch.float32)
-        for impl, chunk in (("chunked", 256), ("chunked", 64), ("triton", 256)):
-            fn = lambda *t, impl=impl, chunk=chunk: ssd(*t, chunk_size=chunk, impl=impl)[0]
-            label = impl if impl == "triton" else f"chunked({chunk})"
-            add(f"mamba2 ssd h={heads} p={p} n=32", label, fn, x, dt, A, B, C, D)
+        args = (x, dt, A, B, C, D)
+        for chunk in (256, 64):
+            fn = lambda *t, chunk=chunk: ssd(*t, chunk_size=chunk, impl="chunked")[0]
+            add(f"mamba2 ssd h={heads} p={p} n=32", f"chunked({chunk})", fn, *args)
+        for segments in (None, 1, 4):
+            with scan_segments(segments):
+                label = "triton" + ("" if segments is None else f"(S={segments})")
+                add(f"mamba2 ssd h={heads} p={p} n=32", label, lambda *t: ssd(*t, impl="triton")[0], *args)
     for d in (192, 256):  # Mamba2's conv (d_inner + 2 d_state) and Mamba 2x's
         x, w, bias = leaf(batch, length, d), leaf(d, 4, dtype=torch.float32), leaf(d, dtype=torch.float32)
         fn = lambda *t: causal_conv1d(*t, activation="silu")[0]

@@ -39,6 +39,7 @@ This module imports triton; load it through :func:`hax_ssm.ops.scan.selective_sc
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -65,8 +66,11 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 CHUNK = 32  # steps between saved states; also the backward's scratch depth
 MAX_BLOCK_D = 16
-# Programs wanted in flight before time is split into segments (a few per SM of an H100).
-TARGET_PROGRAMS = 4 * 132
+# Time is split into segments while fewer than this many programs per SM would run. Each step of a
+# program waits on its loads, so a program's time is about its number of steps; segments trade a
+# second pass over the inputs for shorter programs.
+PROGRAMS_PER_SM = 4
+MIN_SEGMENT_CHUNKS = 4  # shorter segments cost more in extra passes than they save
 # Tests set these to force small chunks and several segments on short sequences.
 CHUNK_OVERRIDE: int | None = None
 SEGMENTS_OVERRIDE: int | None = None
@@ -269,6 +273,13 @@ class _Plan:
         return self.chunk * self.chunks_per_seg
 
 
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # the interpreter: plan as for an H100
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _plan(batch: int, length: int, dim: int, n: int, channels_per_group: int, device: torch.device) -> _Plan:
     # a channel block must stay inside one group of B/C
     block_d = min(MAX_BLOCK_D, channels_per_group & -channels_per_group, triton.next_power_of_2(dim))
@@ -279,10 +290,7 @@ def _plan(batch: int, length: int, dim: int, n: int, channels_per_group: int, de
         segments = SEGMENTS_OVERRIDE
     else:
         programs = batch * triton.cdiv(dim, block_d)
-        target = TARGET_PROGRAMS
-        if device.type == "cuda":
-            target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-        segments = triton.cdiv(target, programs)
+        segments = min(PROGRAMS_PER_SM * _sm_count(device) // programs, n_chunks // MIN_SEGMENT_CHUNKS)
     segments = max(1, min(segments, n_chunks))
     chunks_per_seg = triton.cdiv(n_chunks, segments)
     segments = triton.cdiv(n_chunks, chunks_per_seg)

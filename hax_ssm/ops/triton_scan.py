@@ -427,6 +427,9 @@ class _SelectiveScan(torch.autograd.Function):
         return dx, ddt, dA, dB, dC, dD, dz, dh0
 
 
+# torch.compile runs the op as it is (a graph break) rather than tracing the launchers: nothing to
+# fuse inside, and CUDA graphs (hax_ssm.utils.step_graphs) remove the launch overhead anyway.
+@torch.compiler.disable
 def selective_scan_triton(
     x: Tensor,
     dt: Tensor,

@@ -374,8 +374,8 @@ def _scan_backward(
     dx = torch.empty(b, length, dim, device=dev, dtype=x.dtype)
     ddt = torch.empty(b, length, dim, device=dev, dtype=dt.dtype)
     dz = torch.empty(b, length, dim, device=dev, dtype=z.dtype) if z is not None else None
-    dB_part = torch.zeros(n_dblocks, b, length, plan.block_n, device=dev)
-    dC_part = torch.zeros(n_dblocks, b, length, plan.block_n, device=dev)
+    dB_part = torch.empty(n_dblocks, b, length, plan.block_n, device=dev)  # every live row is written
+    dC_part = torch.empty(n_dblocks, b, length, plan.block_n, device=dev)
     dA_part = torch.empty(plan.segments, b, dim, n, device=dev)
     dD_part = torch.empty(plan.segments, b, dim, device=dev)
     gout = torch.empty(plan.segments, b, dim, n, device=dev)

@@ -80,10 +80,10 @@ SEGMENTS_OVERRIDE: int | None = None
 def _scan_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, h0_ptr,  # inputs
     y_ptr, states_ptr, hend_ptr, dtsum_ptr,  # outputs
-    length, n_batch, chunks_per_seg, channels_per_group,
+    length, n_batch, chunks_per_seg, channels_per_group, DIM, N,
     sx_b, sx_l, sx_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d,
     sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n, sA_d, sA_n,
-    DIM: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr, WRITE_Y: tl.constexpr,
 ):  # fmt: skip
     """One (channel block, batch row, segment): the recurrence over the segment.
@@ -148,10 +148,10 @@ def _scan_fwd_kernel(
 def _scan_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, gy_ptr, states_ptr, gin_ptr,  # inputs
     dx_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, gout_ptr, scratch_ptr,  # outputs, scratch
-    length, n_batch, chunks_per_seg, channels_per_group,
+    length, n_batch, chunks_per_seg, channels_per_group, DIM, N,
     sx_b, sx_l, sx_d, sdt_b, sdt_l, sdt_d, sz_b, sz_l, sz_d, sg_b, sg_l, sg_d,
     sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n, sA_d, sA_n,
-    DIM: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_GIN: tl.constexpr, CARRY_ONLY: tl.constexpr,
 ):  # fmt: skip
     """One (channel block, batch row, segment): the backward over the segment, chunks last to first.
@@ -345,9 +345,9 @@ def _scan_forward(
     hend = torch.empty(plan.segments, b, dim, n, device=x.device, dtype=torch.float32)
     dtsum = torch.empty(plan.segments, b, dim, device=x.device, dtype=torch.float32)
     strides = _common_args(x, dt, z, B, C, A)
-    meta = {"DIM": dim, "N": n, "BLOCK_D": plan.block_d, "BLOCK_N": plan.block_n, "CHUNK": plan.chunk}
+    meta = {"BLOCK_D": plan.block_d, "BLOCK_N": plan.block_n, "CHUNK": plan.chunk}
     meta |= {"HAS_D": D is not None, "HAS_Z": z is not None, "num_warps": plan.warps}
-    sizes = (length, b, plan.chunks_per_seg, dim // groups)
+    sizes = (length, b, plan.chunks_per_seg, dim // groups, dim, n)  # runtime: one compiled kernel for all sizes
     entering = h0
     if plan.segments > 1:
         _scan_fwd_kernel[grid](
@@ -381,9 +381,9 @@ def _scan_backward(
     gout = torch.empty(plan.segments, b, dim, n, device=dev)
     scratch = torch.empty(plan.segments * b * n_dblocks * plan.chunk * plan.block_d * plan.block_n, device=dev)
     strides = [*x.stride(), *dt.stride(), *_strides3(z), *gy.stride(), *B.stride(), *C.stride(), *A.stride()]
-    meta = {"DIM": dim, "N": n, "BLOCK_D": plan.block_d, "BLOCK_N": plan.block_n, "CHUNK": plan.chunk}
+    meta = {"BLOCK_D": plan.block_d, "BLOCK_N": plan.block_n, "CHUNK": plan.chunk}
     meta |= {"HAS_D": D is not None, "HAS_Z": z is not None, "num_warps": plan.warps}
-    sizes = (length, b, plan.chunks_per_seg, dim // groups)
+    sizes = (length, b, plan.chunks_per_seg, dim // groups, dim, n)  # runtime: one compiled kernel for all sizes
     outs = (dx, ddt, dz, dB_part, dC_part, dA_part, dD_part)
     gin = None if g_final is None else g_final.float().unsqueeze(0).contiguous()
     if plan.segments > 1:

@@ -206,7 +206,7 @@ def measure(config: Config, mode: str, batches: list, args: argparse.Namespace) 
     try:
         torch.cuda.reset_peak_memory_stats()
         model, step = build(config, compile_model=mode == "compile")
-        runner = StepGraphs(step, warmup=2) if mode in ("graph", "compile") else step
+        runner = StepGraphs(step, params=model.parameters()) if mode in ("graph", "compile") else step
         for i in range(args.warmup):  # includes the graph capture
             runner(*batches[i % len(batches)])
         torch.cuda.synchronize()

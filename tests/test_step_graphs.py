@@ -61,7 +61,7 @@ def test_graphed_steps_follow_eager_steps_across_shapes():
     batches = _batches([128, 128, 128, 128, 192, 192, 192, 192, 128])
     eager_model, eager_step = _trainer()
     graph_model, graph_step = _trainer()
-    graphs = StepGraphs(graph_step, warmup=2)
+    graphs = StepGraphs(graph_step, params=graph_model.parameters(), warmup=2)
     for ids, attn in batches:
         expected = eager_step(ids, attn)
         got = graphs(ids, attn)

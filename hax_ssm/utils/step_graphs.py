@@ -8,7 +8,8 @@ runs them. Replaying a captured graph issues them all at once.
 
 * runs on the GPU without any host sync (no ``.item()``, no data-dependent shapes),
 * leaves nothing behind but updates to tensors that exist outside it (parameters, optimizer state):
-  end it with ``optimizer.zero_grad(set_to_none=True)``,
+  end it with ``optimizer.zero_grad(set_to_none=True)`` (pass the parameters as ``params`` and this is
+  checked before each capture: a gradient left over would be accumulated into on every replay),
 * uses an optimizer built with ``capturable=True`` (Adam/AdamW); a learning rate that changes must
   be a tensor updated in place.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,9 @@ class _Captured:
 class StepGraphs:
     """``graphs(*tensors)`` runs ``step(*tensors)``, from a CUDA graph once the shape is warm."""
 
-    def __init__(self, step: Step, *, warmup: int = 2, enabled: bool = True):
+    def __init__(self, step: Step, *, params: Iterable[Tensor] = (), warmup: int = 2, enabled: bool = True):
         self.step = step
+        self.params = list(params)
         self.warmup = max(1, warmup)
         self.enabled = enabled and torch.cuda.is_available()
         self.disabled_reason: str | None = None
@@ -108,6 +110,8 @@ class StepGraphs:
         return outputs
 
     def _capture(self, key: tuple, inputs: tuple[Tensor, ...]) -> Any:
+        if any(p.grad is not None for p in self.params):
+            raise RuntimeError("StepGraphs: a gradient outlived the step; end it with zero_grad(set_to_none=True)")
         static = tuple(t.clone() for t in inputs)
         graph = torch.cuda.CUDAGraph()
         if self._pool is None:
@@ -118,6 +122,8 @@ class StepGraphs:
         except Exception as err:  # e.g. an op that cannot be captured: run eagerly from now on
             self.disabled_reason = f"capture failed: {type(err).__name__}: {str(err).splitlines()[0]}"
             torch.cuda.synchronize()
+            for p in self.params:  # gradients made during the capture were never computed
+                p.grad = None
             return self.step(*inputs)
         self._graphs[key] = _Captured(graph, static, outputs)
         graph.replay()

@@ -12,13 +12,18 @@ from torch import Tensor
 from hax_ssm.errors import require
 from hax_ssm.ops.attention.reference import reference_attention
 from hax_ssm.ops.attention.sparse import sparse_attention_forward
+from hax_ssm.ops.attention.triton import supports as triton_supports
+from hax_ssm.ops.attention.triton import triton_attention
 from hax_ssm.ops.patterns import SparseSpec
 
 # Every implementation: fn(q, k, v, spec, key_mask, q_buckets, k_buckets, key_scores) -> out, with inputs
-# already validated (key_mask a [B, L] bool tensor, key_scores detached). A Triton one registers here.
-IMPLS = {"reference": reference_attention, "sparse": sparse_attention_forward}
-# What "auto" means; the Triton path will be chosen here for CUDA inputs.
-AUTO_IMPL = "sparse"
+# already validated (key_mask a [B, L] bool tensor, key_scores detached).
+IMPLS = {"reference": reference_attention, "sparse": sparse_attention_forward, "triton": triton_attention}
+
+
+def auto_impl(q: Tensor, v: Tensor) -> str:
+    """What impl="auto" runs: "triton" for CUDA tensors when triton imports and supports them, else "sparse"."""
+    return "triton" if triton_supports(q, v) else "sparse"
 
 
 def sparse_attention(
@@ -38,7 +43,7 @@ def sparse_attention(
     Fold heads into B. q_buckets/k_buckets [B, L] (int64) are required by an LSH part,
     key_scores [B, L] by key_selection; none of them carries gradients (the selection is discrete);
     gradients flow to q, k and v. impl: "reference" (dense L x L oracle), "sparse" (O(L * k),
-    chunked, the default) or "auto".
+    chunked plain torch, the CPU path), "triton" (fused GPU kernels) or "auto" (see :func:`auto_impl`).
     """
     require(impl == "auto" or impl in IMPLS, f"impl={impl!r}: allowed: auto, {', '.join(IMPLS)}")
     require(q.dim() == 3 and q.shape[1] >= 1, f"q: expected [B, L, dk] with L >= 1, got {list(q.shape)}")
@@ -68,8 +73,8 @@ def sparse_attention(
             f"{None if key_scores is None else list(key_scores.shape)}",
         )
         key_scores = key_scores.detach()
-    run = IMPLS[AUTO_IMPL if impl == "auto" else impl]
+    run = IMPLS[auto_impl(q, v) if impl == "auto" else impl]
     return run(q, k, v, spec, key_mask, q_buckets, k_buckets, key_scores)
 
 
-__all__ = ["AUTO_IMPL", "IMPLS", "sparse_attention"]
+__all__ = ["IMPLS", "auto_impl", "sparse_attention"]

@@ -49,20 +49,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from hax_ssm.ops.common import patch_triton_interpreter
+
 if os.environ.get("TRITON_INTERPRET") == "1":
-    # triton 3.6's interpreter turns the 1-element arrays of runtime loop bounds into ints with int(),
-    # which numpy >= 2.3 refuses; .item() works on every numpy.
-    import triton.runtime.interpreter as _interpreter
-
-    if not getattr(_interpreter, "_hax_index_patch", False):
-        _patch_tensor = _interpreter._patch_lang_tensor
-
-        def _patch_lang_tensor(tensor: Any, scope: Any) -> None:
-            _patch_tensor(tensor, scope)
-            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
-
-        _interpreter._patch_lang_tensor = _patch_lang_tensor
-        _interpreter._hax_index_patch = True
+    patch_triton_interpreter()
 
 CHUNK = 32  # steps between saved states; also the backward's scratch depth
 MAX_BLOCK_D = 16

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from hax_ssm.errors import HaxError
-from hax_ssm.ops.common import triton_installed
+from hax_ssm.ops.common import triton_importable
 from hax_ssm.ops.scan import selective_scan, selective_scan_chunked, selective_scan_ref
 from hax_ssm.ops.ssd import ssd, ssd_ref
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 interpreter = pytest.mark.skipif(
-    not (triton_installed() and INTERPRET),
+    not (triton_importable() and INTERPRET),
     reason="needs triton and TRITON_INTERPRET=1 (kernels in the CPU interpreter)",
 )
 ON_INTERPRETER = pytest.param("cpu", marks=interpreter, id="interpreter")

@@ -17,7 +17,7 @@ from hax_ssm.errors import HaxError
         ("samba", {"attn_layers": [1, 1]}, "repeated index"),
         ("samba", {"num_attention_heads": 3}, "num_attention_heads=3"),
         ("mamba2", {"n_groups": 3}, "n_groups=3"),
-        ("mamba", {"attention_impl": "triton"}, "attention_impl='triton'"),
+        ("mamba", {"attention_impl": "flash"}, "attention_impl='flash'"),
         ("mamba", {"scan_impl": "fast"}, "scan_impl='fast'"),
         ("mamba", {"hidden_size": 0}, "hidden_size=0"),
         ("mamba", {"gate_loss_weight": -1.0}, "gate_loss_weight=-1.0"),

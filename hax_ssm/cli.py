@@ -13,9 +13,12 @@ except ImportError:  # older typer depends on click
     from click import ClickException
 
 from hax_ssm import __version__
+from hax_ssm.data import commands as data_commands
 from hax_ssm.errors import HaxError
+from hax_ssm.eval import commands as eval_commands
 from hax_ssm.lm.commands import app as lm_app
 from hax_ssm.models import commands as models_command
+from hax_ssm.train import commands as train_commands
 
 app = typer.Typer(
     name="hax",
@@ -38,6 +41,9 @@ def version() -> None:
     print(__version__)
 
 
+app.add_typer(data_commands.app, name="data")
+train_commands.register(app)  # train, sweep, demo
+eval_commands.register(app)  # eval, report
 app.add_typer(lm_app)  # hax corpus / ruler / longbench
 app.command()(models_command.models)  # hax models
 

@@ -1,0 +1,47 @@
+"""Optimizer and learning-rate schedule of the synthetic protocol: AdamW, linear warm-up, constant.
+
+The learning rate is a pure function of the step, set before every update, so a resumed run needs
+no scheduler state and cannot drift from a straight one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_NO_DECAY_NAMES = frozenset({"A_log", "D", "dt_bias"})
+
+
+def warmup_constant_lr(step: int, base_lr: float, warmup_steps: int) -> float:
+    """lr of the update that takes the model from ``step`` to ``step + 1``.
+
+    Linear from base_lr / warmup_steps (first update) to base_lr (update ``warmup_steps``), then
+    constant. The first update is not wasted at lr 0.
+    """
+    if warmup_steps <= 0:
+        return base_lr
+    return base_lr * min(1.0, (step + 1) / warmup_steps)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def build_adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW that decays weight matrices (projections, embeddings) only.
+
+    Biases, norm weights, the branch gate E and the SSM's dynamics (A_log, D, dt_bias; Mamba's
+    A_log is a matrix) are not decayed: pulling them towards 0 changes what the layer computes
+    rather than regularising it. Parameters marked ``_no_weight_decay`` (mamba_ssm's
+    convention) are skipped as well.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        keep = p.dim() < 2 or getattr(p, "_no_weight_decay", False) or name.rsplit(".", 1)[-1] in _NO_DECAY_NAMES
+        (no_decay if keep else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel for the whole update on CUDA (no host sync either way)
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)

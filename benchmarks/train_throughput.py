@@ -41,8 +41,10 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hax_ssm.eval.metrics import score_recall
 from hax_ssm.models import build_model
 from hax_ssm.ops import attention as attention_ops
+from hax_ssm.train.schedule import build_adamw
 from hax_ssm.utils.io import atomic_write_bytes, atomic_write_json
 from hax_ssm.utils.provenance import provenance
 from hax_ssm.utils.step_graphs import StepGraphs
@@ -107,6 +109,7 @@ def _jr_rows(batch: int, gen: torch.Generator) -> tuple[list[Tensor], list[Tenso
     shapes = torch.randint(5, 17, (batch, 2), generator=gen).tolist()
     try:
         import numpy as np
+
         from hax_ssm.data.joint_recall import draw_samples, inquiry_key_mask, joint_recall_task
 
         scheme = joint_recall_task().scheme
@@ -148,23 +151,20 @@ def synthetic_batches(count: int, batch: int, length: int, device: str, seed: in
 
 
 def build(config: Config, compile_model: bool = False) -> tuple[torch.nn.Module, Callable]:
-    """The model and its step function (the trainer's step: loss, backward, clip, AdamW, zero_grad)."""
+    """The model and the trainer's step on one batch: masked recall loss (+ gate loss), backward,
+    gradient clipping at 1, AdamW (the trainer's groups, fused and capturable), zero_grad."""
     torch.manual_seed(0)
     extra = {"attention_impl": "reference"} if config.reference else {}
     model = build_model(config.preset, sparse_arch=config.arch, **extra).to(DEVICE).train()
+    opt = build_adamw(model, 2e-3, 0.01, capturable=DEVICE == "cuda")
     params = [p for p in model.parameters() if p.requires_grad]
-    cuda = DEVICE == "cuda"  # fused: one kernel for the update; capturable: it can live in a CUDA graph
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01, fused=cuda or None, capturable=cuda)
     forward = torch.compile(model) if compile_model else model
     gate_weight = model.config.gate_loss_weight
 
     def step(ids: Tensor, attn: Tensor, loss_mask: Tensor) -> Tensor:
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, cache_enabled=False):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
             out = forward(ids, attention_mask=attn)
-        targets = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)
-        mask = loss_mask.float()
-        ce = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        loss = (ce.view_as(mask) * mask).sum() / mask.sum().clamp_min(1)
+        loss = score_recall(out.logits, ids, loss_mask).ce_sum.sum() / loss_mask.sum().clamp_min(1)
         if out.gate_loss is not None:
             loss = loss + gate_weight * out.gate_loss.float()
         loss.backward()

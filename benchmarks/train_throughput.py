@@ -63,7 +63,7 @@ PATTERNS = (
     "hax",
     "full",
 )
-QUICK = ("mamba2+hax", "mamba+hax", "mamba2", "samba")
+QUICK = ("mamba2+hax", "mamba2+hax:reference", "mamba+hax", "mamba2", "samba")
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,13 @@ class Config:
 
 
 def table1_configs() -> list[Config]:
-    """The target first, then every base x pattern, the 2x bases and Samba; reference twins last."""
+    """The target first, then every base x pattern, the 2x bases and Samba; each model with a branch
+    followed by its dense-reference twin (a run cut short by --budget still has pairs to compare)."""
     fast = [Config(base, arch) for base in ("mamba2", "mamba") for arch in PATTERNS]
     fast += [Config("mamba2_2x"), Config("mamba_2x"), Config("samba"), Config("samba", "hax")]
     fast.sort(key=lambda c: c.name != TARGET[0])
-    return fast + [Config(c.preset, c.arch, reference=True) for c in fast if c.arch]
+    twins = [(c, Config(c.preset, c.arch, reference=True)) if c.arch else (c,) for c in fast]
+    return [config for pair in twins for config in pair]
 
 
 def find_config(name: str) -> Config:

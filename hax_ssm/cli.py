@@ -41,7 +41,7 @@ def version() -> None:
     print(__version__)
 
 
-app.add_typer(data_commands.app, name="data")
+app.add_typer(data_commands.app, name="data")  # hax data joint-recall / mqar / info
 train_commands.register(app)  # train, sweep, demo
 eval_commands.register(app)  # eval, report
 app.add_typer(lm_app)  # hax corpus / ruler / longbench

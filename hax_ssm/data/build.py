@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -216,43 +216,27 @@ def build_dataset(
 def generate_joint_recall(
     out: str | os.PathLike,
     *,
-    levels: int | None = None,
-    sizes: str | Iterable[tuple[int, int]] | None = None,
-    max_contexts: int = 16,
-    max_keys: int = 16,
-    min_side: int = 5,
-    values: int = 16,
-    train_per_pair: int = 10_000,
-    eval_per_pair: int = 100,
     seed: int = 0,
-    vocab_size: int = 100,
     pad: bool = True,
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Generate a (multi-level) joint recall dataset at ``out``; the defaults are the paper's set
-    (1.44M / 14.4K / 14.4K samples, tables 5..16 x 5..16, padded to 1058). Returns the metadata."""
-    task = joint_recall_task(
-        levels=levels,
-        sizes=sizes if sizes is None or isinstance(sizes, str) else tuple(sizes),
-        max_contexts=max_contexts,
-        max_keys=max_keys,
-        min_side=min_side,
-        values=values,
-        train_per_pair=train_per_pair,
-        eval_per_pair=eval_per_pair,
-        vocab_size=vocab_size,
-    )
-    extra = {"scheme": task.scheme.to_json(), "padded": pad}
-    width = task.scheme.fixed_length if pad else None
+    """Generate a (multi-level) joint recall dataset at ``out`` and return its metadata.
+
+    ``options`` are those of :func:`~hax_ssm.data.joint_recall.joint_recall_task` (``levels``,
+    ``sizes``, ``max_contexts``, ``max_keys``, ``min_side``, ``values``, ``train_per_pair``,
+    ``eval_per_pair``, ``vocab_size``); the defaults are the paper's set (1.44M / 14.4K / 14.4K
+    samples, tables 5..16 x 5..16). ``pad`` pads rows to the fixed length (1058 by default)."""
+    task = joint_recall_task(**options)
     return build_dataset(
         task,
         out,
         seed=seed,
-        row_width=width,
+        row_width=task.scheme.fixed_length if pad else None,
         pad_id=PAD,
-        extra=extra,
+        extra={"scheme": task.scheme.to_json(), "padded": pad},
         workers=workers,
         overwrite=overwrite,
         progress=progress,
@@ -262,28 +246,17 @@ def generate_joint_recall(
 def generate_mqar(
     out: str | os.PathLike,
     *,
-    seq_len: int | list[int] | tuple[int, ...] = (64, 128, 256, 256, 256),
-    pairs: int | list[int] | tuple[int, ...] = (4, 8, 16, 32, 64),
-    vocab_size: int = 8192,
-    train_per_config: int = 20_000,
-    eval_per_config: int = 1_000,
-    power_a: float = 0.01,
-    random_fill: bool = True,
     seed: int = 0,
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Generate a zoology-style MQAR dataset at ``out`` (rows unpadded, one length per config)."""
-    task = mqar_task(
-        seq_len=seq_len,
-        pairs=pairs,
-        vocab_size=vocab_size,
-        train_per_config=train_per_config,
-        eval_per_config=eval_per_config,
-        power_a=power_a,
-        random_fill=random_fill,
-    )
+    """Generate a zoology-style MQAR dataset at ``out`` (rows unpadded, one length per config).
+
+    ``options`` are those of :func:`~hax_ssm.data.mqar.mqar_task` (``seq_len``, ``pairs``,
+    ``vocab_size``, ``train_per_config``, ``eval_per_config``, ``power_a``, ``random_fill``)."""
+    task = mqar_task(**options)
     return build_dataset(
         task, out, seed=seed, row_width=None, pad_id=MQAR_PAD, workers=workers, overwrite=overwrite, progress=progress
     )

@@ -132,7 +132,7 @@ def joint_recall_task(
         ranges = ((min_side, max_contexts),) * (levels - 1) + ((min_side, max_keys),)
         size_flags = ["--max-keys"] + (["--max-contexts"] if levels > 1 else [])
     else:
-        ranges = parse_size_ranges(sizes) if isinstance(sizes, str) else tuple(tuple(r) for r in sizes)
+        ranges = parse_size_ranges(sizes) if isinstance(sizes, str) else tuple((int(lo), int(hi)) for lo, hi in sizes)
         require(
             levels is None or levels == len(ranges),
             f"--levels {levels}: --sizes gives {len(ranges)} level ranges; they must agree",

@@ -34,7 +34,8 @@ from hax_ssm.errors import require
 @dataclass
 class Batch:
     """One batch. ``loss_mask[b, t]`` is True where the model is scored on predicting
-    ``input_ids[b, t + 1]`` (the inquiry keys); ``attention_mask`` is False on padding."""
+    ``input_ids[b, t + 1]`` (the inquiry keys); ``attention_mask`` is False past each row's
+    useful length (padding, or an MQAR row's filler after its last answer)."""
 
     input_ids: torch.Tensor  # int64 [B, T]
     loss_mask: torch.Tensor  # bool [B, T]

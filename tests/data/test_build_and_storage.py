@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import signal
@@ -161,3 +162,28 @@ def test_mqar_deterministic_across_workers(tmp_path, mqar_dir, mqar_args):
         assert (tmp_path / "m" / split / "data-00000-of-00001.arrow").read_bytes() == (
             mqar_dir / split / "data-00000-of-00001.arrow"
         ).read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["direct", "no O_DIRECT", "refused at write"])
+def test_direct_file_writes_exact_bytes(tmp_path, monkeypatch, mode):
+    from hax_ssm.data.storage import DirectFile
+
+    if mode == "no O_DIRECT":
+        monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    if mode == "refused at write":
+        real_write, calls = os.write, []
+
+        def refuse_once(fd, data):
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "write", refuse_once)
+    monkeypatch.setattr(DirectFile, "CHUNK", 1 << 16)
+    rng = np.random.default_rng(0)
+    pieces = [rng.bytes(int(n)) for n in rng.integers(0, 50_000, 40)]
+    f = DirectFile(tmp_path / "f")
+    assert sum(f.write(p) for p in pieces) == f.tell() == sum(map(len, pieces))
+    f.close()
+    assert (tmp_path / "f").read_bytes() == b"".join(pieces)

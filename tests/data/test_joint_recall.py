@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from hax_ssm.data.joint_recall import (
     draw_samples,
@@ -61,6 +62,7 @@ def test_samples_parse_back_to_their_table(shape, parse_jr):
         assert all(value == table[path] for path, value, _ in inquiry), "an answer differs from the information"
         assert np.flatnonzero(mask).tolist() == sorted(pos for _, _, pos in inquiry), "mask != inquiry keys"
     assert (table_sizes(tokens, scheme) == shape).all()
+    assert (table_sizes(torch.from_numpy(tokens.astype(np.int64)), scheme) == torch.tensor(shape)).all()
 
 
 def test_one_level_is_associative_recall():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hax_ssm.data import RecallLoader, load_split
+from hax_ssm.data.commands import describe
 from hax_ssm.data.joint_recall import draw_samples, inquiry_key_mask
 from hax_ssm.data.storage import FEATURES
 from hax_ssm.data.tokens import PAD, REFERENCE_SCHEME, sequence_length
@@ -124,6 +125,8 @@ def test_reads_the_reference_format_without_metadata(tmp_path):
     assert load_split(tmp_path / "ref", "test").useful_lengths.tolist() == [
         sequence_length(s) for s in shapes for _ in range(3)
     ]
+    summary = describe(tmp_path / "ref")
+    assert "no hax metadata" in summary and "rows: train 9, validation 9, test 9" in summary and " K" in summary
 
 
 def test_loader_errors(jr_dir):

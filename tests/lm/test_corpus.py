@@ -3,13 +3,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import build_options
 
 from hax_ssm.cli import main
 from hax_ssm.errors import HaxError
 from hax_ssm.lm.corpus.build import assign_splits, build_corpus, hf_dataset_source
 from hax_ssm.lm.corpus.reader import TokenCorpus
 from hax_ssm.lm.corpus.sources import SOURCES, read_sword_module, resolve_sources
+from tests.lm.helpers import build_options
 
 
 def test_every_parser_reads_its_fixture_tree(source_trees):
@@ -170,7 +170,7 @@ def test_cli_empty_corpus_is_one_line_exit_2(tmp_path, capsys):
     empty = tmp_path / "empty-tree"
     empty.mkdir()
     ranks = tmp_path / "t.tiktoken"
-    from conftest import write_tiny_ranks
+    from tests.lm.helpers import write_tiny_ranks
 
     write_tiny_ranks(ranks)
     code, err = _cli(

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from tiny_models import BASES, PATTERNS, tiny_model
+
+from tests.models.tiny_models import BASES, PATTERNS, tiny_model
 
 LENGTH = 24
 

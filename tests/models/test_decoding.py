@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from tiny_models import BASES, tiny_model
+
+from tests.models.tiny_models import BASES, tiny_model
 
 DECODE_PATTERNS = [None, "hax", "sliding_window+dilated", "sink", "argmax_lsh", "full"]
 

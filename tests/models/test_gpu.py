@@ -5,10 +5,10 @@ Run on a GPU machine with ``pytest -m gpu -p no:xdist tests/models``.
 
 import pytest
 import torch
-from tiny_models import BASES, tiny_model
 
 from hax_ssm.ops.scan import selective_scan
 from hax_ssm.ops.ssd import ssd
+from tests.models.tiny_models import BASES, tiny_model
 
 pytestmark = pytest.mark.gpu
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import BASES, tiny_model
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import hax_ssm.models as hm
+from tests.models.tiny_models import BASES, tiny_model
 
 
 @pytest.mark.parametrize("base", BASES)

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from sparse_helpers import as_dense, right_padded
 
 from hax_ssm.ops.key_selection import (
     KeyScorer,
@@ -14,6 +13,7 @@ from hax_ssm.ops.key_selection import (
     ranking_loss,
     sample_gate_keys,
 )
+from tests.ops.sparse_helpers import as_dense, right_padded
 
 
 @pytest.mark.parametrize("block", [1, 5, 128])

@@ -1,8 +1,8 @@
 import pytest
 import torch
-from sparse_helpers import as_dense, right_padded
 
 from hax_ssm.ops.lsh import center, hash_buckets, lsh_candidates, lsh_mask_dense, recent_same_bucket
+from tests.ops.sparse_helpers import as_dense, right_padded
 
 
 def test_causal_centring_is_the_prefix_mean_of_real_tokens():

@@ -12,10 +12,10 @@ import os
 
 import pytest
 import torch
-from test_sparse_attention import ARCHS, UNIONS  # the same patterns and unions as the ops tests
 
 from hax_ssm.ops.attention import auto_impl, sparse_attention
 from hax_ssm.ops.patterns import parse_sparse_arch
+from tests.ops.test_sparse_attention import ARCHS, UNIONS  # the same patterns and unions as the ops tests
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from sparse_helpers import right_padded
 
 from hax_ssm.ops.attention.triton.index import (
     INT64_MIN,
@@ -20,6 +19,7 @@ from hax_ssm.ops.attention.triton.index import (
 from hax_ssm.ops.key_selection import prefix_topk_mask_dense
 from hax_ssm.ops.lsh import lsh_mask_dense
 from hax_ssm.ops.patterns import parse_sparse_arch
+from tests.ops.sparse_helpers import right_padded
 
 
 def padded_mask(n):

@@ -15,6 +15,10 @@ a zero state (its end state and sum of dt), a short loop over segments that carr
 entering states (the decay over a whole segment is exp(A * sum dt)), then every segment again from
 its entering state, writing y. At the paper's shape (batch 64) S = 1 and only the last step runs.
 
+Everything is a plain loop over time, not ``tl.associative_scan``: the backward needs a reverse scan
+of a non-commutative operator, which Triton has computed wrongly (triton-lang/triton#4362), and the
+loop needs no L x d x n intermediate either.
+
 Backward, per chunk from last to first: recompute the chunk's states from its saved entering state
 (into a per-program scratch of CHUNK x BLOCK_D x N, which stays in L2), then run the reverse
 recurrence of the state gradient G_t = dL/dh_t = C_t gy1_t + a_{t+1} G_{t+1}, with
@@ -258,10 +262,6 @@ class _Plan:
     chunks_per_seg: int
     warps: int
 
-    @property
-    def seg_len(self) -> int:
-        return self.chunk * self.chunks_per_seg
-
 
 @functools.cache
 def _sm_count(device: torch.device) -> int:
@@ -288,8 +288,14 @@ def _plan(batch: int, length: int, dim: int, n: int, channels_per_group: int, de
     return _Plan(block_d, block_n, chunk, segments, chunks_per_seg, warps)
 
 
-def _strides3(t: Tensor | None) -> tuple[int, int, int]:
-    return (0, 0, 0) if t is None else tuple(t.stride())
+def _launch_args(plan: _Plan, *tensors: Tensor | None, **flags: bool) -> tuple[list[int], dict[str, Any]]:
+    """Sizes and strides (an absent ``z`` gets zeros), then the compile-time meta-parameters."""
+    x, B = tensors[0], tensors[-3]
+    b, length, dim = x.shape
+    sizes = [length, b, plan.chunks_per_seg, dim // B.shape[2], dim, B.shape[-1]]  # runtime: one kernel for all
+    strides = [s for t in tensors for s in ((0, 0, 0) if t is None else t.stride())]
+    meta = {"BLOCK_D": plan.block_d, "BLOCK_N": plan.block_n, "CHUNK": plan.chunk, "num_warps": plan.warps}
+    return sizes + strides, meta | flags
 
 
 def _decay_over(A: Tensor, dtsum: Tensor) -> Tensor:
@@ -317,10 +323,6 @@ def _carry_backward(g_final: Tensor | None, gout: Tensor, dtsum: Tensor, A: Tens
     return torch.stack(entering[::-1])
 
 
-def _common_args(x: Tensor, dt: Tensor, z: Tensor | None, B: Tensor, C: Tensor, A: Tensor) -> list[Any]:
-    return [*x.stride(), *dt.stride(), *_strides3(z), *B.stride(), *C.stride(), *A.stride()]
-
-
 def _scan_forward(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None, h0: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, _Plan]:
@@ -334,19 +336,15 @@ def _scan_forward(
     states = torch.empty(b, n_chunks, dim, n, device=x.device, dtype=torch.float32)
     hend = torch.empty(plan.segments, b, dim, n, device=x.device, dtype=torch.float32)
     dtsum = torch.empty(plan.segments, b, dim, device=x.device, dtype=torch.float32)
-    strides = _common_args(x, dt, z, B, C, A)
-    meta = {"BLOCK_D": plan.block_d, "BLOCK_N": plan.block_n, "CHUNK": plan.chunk}
-    meta |= {"HAS_D": D is not None, "HAS_Z": z is not None, "num_warps": plan.warps}
-    sizes = (length, b, plan.chunks_per_seg, dim // groups, dim, n)  # runtime: one compiled kernel for all sizes
+    args, meta = _launch_args(plan, x, dt, z, B, C, A, HAS_D=D is not None, HAS_Z=z is not None)
     entering = h0
     if plan.segments > 1:
         _scan_fwd_kernel[grid](
-            x, dt, A, B, C, D, z, None, y, states, hend, dtsum, *sizes, *strides,
-            HAS_H0=False, WRITE_Y=False, **meta,
-        )  # fmt: skip
+            x, dt, A, B, C, D, z, None, y, states, hend, dtsum, *args, HAS_H0=False, WRITE_Y=False, **meta
+        )
         entering = _carry_forward(h0, hend, dtsum, A)
     _scan_fwd_kernel[grid](
-        x, dt, A, B, C, D, z, entering, y, states, hend, dtsum, *sizes, *strides,
+        x, dt, A, B, C, D, z, entering, y, states, hend, dtsum, *args,
         HAS_H0=entering is not None, WRITE_Y=True, **meta,
     )  # fmt: skip
     return y, states, hend[-1], dtsum if plan.segments > 1 else None, plan
@@ -370,22 +368,17 @@ def _scan_backward(
     dD_part = torch.empty(plan.segments, b, dim, device=dev)
     gout = torch.empty(plan.segments, b, dim, n, device=dev)
     scratch = torch.empty(plan.segments * b * n_dblocks * plan.chunk * plan.block_d * plan.block_n, device=dev)
-    strides = [*x.stride(), *dt.stride(), *_strides3(z), *gy.stride(), *B.stride(), *C.stride(), *A.stride()]
-    meta = {"BLOCK_D": plan.block_d, "BLOCK_N": plan.block_n, "CHUNK": plan.chunk}
-    meta |= {"HAS_D": D is not None, "HAS_Z": z is not None, "num_warps": plan.warps}
-    sizes = (length, b, plan.chunks_per_seg, dim // groups, dim, n)  # runtime: one compiled kernel for all sizes
-    outs = (dx, ddt, dz, dB_part, dC_part, dA_part, dD_part)
+    args, meta = _launch_args(plan, x, dt, z, gy, B, C, A, HAS_D=D is not None, HAS_Z=z is not None)
+    outs = (dx, ddt, dz, dB_part, dC_part, dA_part, dD_part, gout, scratch)
     gin = None if g_final is None else g_final.float().unsqueeze(0).contiguous()
     if plan.segments > 1:
         _scan_bwd_kernel[grid](
-            x, dt, A, B, C, D, z, gy, states, None, *outs, gout, scratch, *sizes, *strides,
-            HAS_GIN=False, CARRY_ONLY=True, **meta,
-        )  # fmt: skip
+            x, dt, A, B, C, D, z, gy, states, None, *outs, *args, HAS_GIN=False, CARRY_ONLY=True, **meta
+        )
         gin = _carry_backward(g_final, gout, dtsum, A).contiguous()
     _scan_bwd_kernel[grid](
-        x, dt, A, B, C, D, z, gy, states, gin, *outs, gout, scratch, *sizes, *strides,
-        HAS_GIN=gin is not None, CARRY_ONLY=False, **meta,
-    )  # fmt: skip
+        x, dt, A, B, C, D, z, gy, states, gin, *outs, *args, HAS_GIN=gin is not None, CARRY_ONLY=False, **meta
+    )
     per_group = n_dblocks // groups
 
     def channel_sum(part: Tensor, like: Tensor) -> Tensor:

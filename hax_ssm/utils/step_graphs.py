@@ -76,12 +76,6 @@ class StepGraphs:
             return self._warm(inputs, check_syncs=self._seen[key] == self.warmup)
         return self._capture(key, inputs)
 
-    def reset(self) -> None:
-        """Drop every graph (and with them the pool's memory once nothing else holds it)."""
-        self._graphs.clear()
-        self._seen.clear()
-        self._pool = None
-
     def _side_stream(self) -> torch.cuda.Stream:
         if self._stream is None:
             self._stream = torch.cuda.Stream()

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hax_ssm.eval.metrics import score_recall
 from hax_ssm.models import build_model
-from hax_ssm.ops import attention as attention_ops
+from hax_ssm.ops.common import triton_importable
 from hax_ssm.train.schedule import build_adamw
 from hax_ssm.utils.io import atomic_write_bytes, atomic_write_json
 from hax_ssm.utils.provenance import provenance
@@ -178,11 +178,10 @@ def build(config: Config, compile_model: bool = False) -> tuple[torch.nn.Module,
     return model, step
 
 
-def attention_note(config: Config) -> str | None:
-    if config.reference or (config.arch is None and config.preset != "samba"):
-        return None
-    if "triton" not in attention_ops.IMPLS:
-        return "attention: plain-torch sparse path (no Triton attention on this branch)"
+def fallback_note() -> str | None:
+    """What runs instead of the Triton kernels when they cannot (the torch paths: slower, same maths)."""
+    if not triton_importable():
+        return "triton does not import: plain-torch scan, SSD and attention"
     return None
 
 
@@ -201,7 +200,7 @@ class Result:
 
 def measure(config: Config, mode: str, batches: list, args: argparse.Namespace) -> Result:
     result = Result(config.label, mode)
-    note = attention_note(config)
+    note = fallback_note()
     if note:
         result.notes.append(note)
     model = step = runner = None

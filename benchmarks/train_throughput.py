@@ -2,8 +2,8 @@
 
 One training step = forward, masked next-token loss (+ the key-selection gate loss), backward, gradient
 clipping and a fused AdamW update, at the paper's shape: batch 64, length 1058, bf16 autocast, on
-synthetic joint-recall batches (hax_ssm.data when it is installed, else random tokens with the same
-layout and masks). Every base x pattern of Table 1 (Mamba, Mamba2 x none, dilated, sliding_window,
+synthetic joint-recall batches (hax_ssm.data when it imports, i.e. with pyarrow, else random tokens in
+the same layout with the same masks). Every base x pattern of Table 1 (Mamba, Mamba2 x none, dilated, sliding_window,
 sliding_window+dilated, sliding_window+sink, sign_bin_lsh, key_selection, hax, full), the 2x bases,
 Samba and Samba+HAX; each model with a sparse branch also with the dense ``reference`` branch. Modes:
 ``eager`` (plain PyTorch) and ``graph`` (the whole step replayed as one CUDA graph,
@@ -15,8 +15,8 @@ hax_ssm.utils.step_graphs); ``compile`` (torch.compile + graph) on request.
     timeout 300 python benchmarks/train_throughput.py --profile mamba2+hax   # where one step's time goes
 
 Prints one table (and the op table with --ops); writes results/train_throughput.json (with provenance)
-and results/train_throughput.png. A missing fast piece (no Triton attention yet, a step that cannot be
-captured) degrades to the torch path with a note; configs past the --budget deadline are skipped and
+and results/train_throughput.png. A missing fast piece (triton not importable, a step that cannot be
+captured) degrades to the torch path or to eager with a note; configs past the --budget deadline are skipped and
 recorded. An error of a fast-path config, or a missed target with --check, exits non-zero.
 """
 

@@ -68,7 +68,8 @@ def test_graphed_steps_follow_eager_steps_across_shapes(monkeypatch):
         expected = eager_step(ids, attn)
         got = graphs(ids, attn)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    assert graphs.num_graphs == 2 and graphs.disabled_reason is None
+    assert graphs.disabled_reason is None
+    assert graphs.num_graphs == 2
     for (name, p), q in zip(eager_model.named_parameters(), graph_model.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
 
@@ -80,6 +81,7 @@ def test_a_step_that_syncs_runs_eagerly_with_a_reason():
     def syncing_step(ids, attn):
         loss = step(ids, attn)
         assert loss.item() == loss.item()  # a host read
+        return loss
 
     graphs = StepGraphs(syncing_step, warmup=2)
     for ids, attn in _batches([64] * 4):

@@ -3,6 +3,7 @@ GPU image lacks."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_e2e_script_resumes_over_calls_and_imports_only_what_the_gpu_has(built_c
         plan = json.loads((tmp_path / "work" / name / "plan.json").read_text())
         assert variant["steps"] == plan["steps"] >= 8
         curve = variant["validation_curve"]
-        assert curve and all(a["train_seconds"] <= b["train_seconds"] for a, b in zip(curve, curve[1:], strict=False))
+        assert curve and all(a["train_seconds"] <= b["train_seconds"] for a, b in itertools.pairwise(curve))
         assert variant["perplexity"]["documents"] == 2 and variant["ruler"]["average_by_length"].keys() == {"768"}
     # the base run was stopped by the first call and continued by the second
     metrics = (tmp_path / "work" / "base" / "run" / "metrics.jsonl").read_text().splitlines()

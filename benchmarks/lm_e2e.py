@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ppl-length", type=int, default=8192, help="held-out documents cut to this many tokens")
     p.add_argument("--ppl-docs", type=int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay each training step as a CUDA graph")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True, help="draw the PNG if possible")
     p.add_argument("--plot-only", type=Path, help="only draw the PNG of an existing results JSON (needs matplotlib)")
@@ -104,6 +105,7 @@ def variant_config(args: argparse.Namespace, name: str, save_dir: Path, steps: i
         log_every=10,
         seed=args.seed,
         device=args.device,
+        cuda_graphs=args.cuda_graphs,
         progress=False,
     ).validate()
 

@@ -4,6 +4,7 @@ only assembles them and turns errors into one line and a non-zero exit."""
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -17,7 +18,7 @@ from hax_ssm.data import commands as data_commands
 from hax_ssm.errors import HaxError
 from hax_ssm.eval import commands as eval_commands
 from hax_ssm.lm.commands import app as lm_app
-from hax_ssm.models import commands as models_command
+from hax_ssm.theory.commands import app as theory_app
 from hax_ssm.train import commands as train_commands
 
 app = typer.Typer(
@@ -45,7 +46,20 @@ app.add_typer(data_commands.app, name="data")  # hax data joint-recall / mqar / 
 train_commands.register(app)  # train, sweep, demo
 eval_commands.register(app)  # eval, report
 app.add_typer(lm_app)  # hax corpus / ruler / longbench
-app.command()(models_command.models)  # hax models
+app.add_typer(theory_app)  # hax theory construct / bound / plot
+
+
+@app.command()
+def models(
+    preset: Annotated[
+        list[str] | None, typer.Option("--preset", help="Preset(s) to list; default: all under configs/.")
+    ] = None,
+) -> None:
+    """Print the model variants (base x sparse branch) with their parameter counts, as markdown."""
+    # Imported here: hax_ssm.models pulls in transformers, which would slow every hax command by seconds.
+    from hax_ssm.models.commands import variant_table
+
+    print(variant_table(preset))
 
 
 def main(argv: list[str] | None = None) -> int:

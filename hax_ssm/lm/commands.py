@@ -303,6 +303,7 @@ def train_lm(
     device: Annotated[_S, _lm_flag("device")] = None,
     precision: Annotated[_S, _lm_flag("precision")] = None,
     compile: Annotated[_B, _lm_flag("compile")] = None,
+    cuda_graphs: Annotated[_B, _lm_flag("cuda_graphs")] = None,
     progress: Annotated[_B, _lm_flag("progress")] = None,
     wandb: Annotated[_B, _lm_flag("wandb")] = None,
     wandb_project: Annotated[_S, _lm_flag("wandb_project")] = None,

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-import typer
 
 from hax_ssm.models.presets import build_model, preset_names
 
@@ -41,12 +38,3 @@ def variant_table(presets: list[str] | None = None) -> str:
         counts = " | ".join(f"{parameter_count(p, arch):,}" for p in presets)
         lines.append(f"| {label} | `{arch or 'none'}` | {counts} | {what} |")
     return "\n".join(lines)
-
-
-def models(
-    preset: Annotated[
-        list[str] | None, typer.Option("--preset", help="Preset(s) to list; default: all under configs/.")
-    ] = None,
-) -> None:
-    """Print the model variants (base x sparse branch) with their parameter counts, as markdown."""
-    print(variant_table(preset))

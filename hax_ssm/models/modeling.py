@@ -204,11 +204,12 @@ class HaxModel(HaxPreTrainedModel):
 
 
 def _real_token_mask(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
-    """The last ``length`` columns as bool, or None when every token is real (the fast path)."""
+    """The last ``length`` columns as bool (None without a mask). An all-real mask is kept rather
+    than tested with ``mask.all()``: that read would stall the GPU on every forward and break
+    CUDA-graph capture, and multiplying by ones changes nothing."""
     if attention_mask is None:
         return None
-    mask = attention_mask[:, -length:].bool()
-    return None if bool(mask.all()) else mask
+    return attention_mask[:, -length:].bool()
 
 
 class HaxForCausalLM(HaxPreTrainedModel, GenerationMixin):

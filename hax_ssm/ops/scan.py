@@ -13,8 +13,11 @@ Two implementations behind :func:`selective_scan`:
   ``~3 L``: the GPU path. Every factor it multiplies is a decay <= 1, so it is stable for any dt
   (a cumsum of log decays then ``exp(-cumsum)`` overflows once a chunk decays by more than e^88).
 
-All maths is in fp32 whatever the input dtype; ``y`` comes back in ``x.dtype``. A Triton
-kernel can replace the internals later behind the same signature.
+- ``impl="triton"``: :mod:`hax_ssm.ops.triton_scan`, fused kernels (forward and backward) with
+  the state in registers and no ``[b, l, d, n]`` tensor; what ``"auto"`` runs on CUDA when triton
+  is installed.
+
+All maths is in fp32 whatever the input dtype; ``y`` comes back in ``x.dtype``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hax_ssm.errors import HaxError
+from hax_ssm.ops.common import triton_unsupported, use_triton
+
 ScanResult = tuple[torch.Tensor, torch.Tensor | None]
-SCAN_IMPLS = ("auto", "ref", "chunked")
+SCAN_IMPLS = ("auto", "ref", "chunked", "triton")
 
 
 def _discretize(
@@ -173,13 +179,21 @@ def selective_scan(
         z: ``[b, l, d]`` gate: ``y *= silu(z)``, or None.
         initial_state: ``[b, d, n]`` state before ``x``, or None (zeros).
         return_final_state: also return the state after the last step.
-        impl: ``"auto"`` (loop on CPU, chunked elsewhere), ``"ref"`` or ``"chunked"``.
+        impl: ``"auto"`` (loop on CPU; Triton on CUDA when installed, else chunked), ``"ref"``,
+            ``"chunked"`` or ``"triton"``.
 
     Returns:
         ``(y [b, l, d] in x.dtype, final_state [b, d, n] fp32 or None)``.
     """
     if impl == "auto":
-        impl = "ref" if x.device.type == "cpu" else "chunked"
+        impl = "ref" if x.device.type == "cpu" else "triton" if use_triton(x) else "chunked"
+    if impl == "triton":
+        reason = triton_unsupported(x)
+        if reason is not None:
+            raise HaxError(f"scan impl 'triton': {reason}")
+        from hax_ssm.ops.triton_scan import selective_scan_triton
+
+        return selective_scan_triton(x, dt, A, B, C, D, z, initial_state, return_final_state)
     if impl == "ref":
         return selective_scan_ref(x, dt, A, B, C, D, z, initial_state, return_final_state)
     if impl == "chunked":

@@ -10,6 +10,11 @@ Two implementations behind :func:`ssd`:
   decays (differences are summed, never subtracted from large cumulative sums); chunk states
   are carried across chunks by a short loop. Matmul-shaped, so it runs well on GPUs.
 
+- ``impl="triton"``: the selective-scan kernels of :mod:`hax_ssm.ops.triton_scan`, one channel per
+  (head, p) with the head's decay; no ``[chunk x chunk]`` matrices. What ``"auto"`` runs on CUDA
+  when triton is installed: at the paper's sizes (head_dim 16-32, d_state 32) the chunked path's
+  ``[b, h, chunks, T, T]`` tensors dominate its time.
+
 Heads share B and C within a group: ``n_heads`` must be a multiple of ``n_groups``. All maths
 is in fp32; ``y`` comes back in ``x.dtype``.
 """
@@ -19,8 +24,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hax_ssm.errors import HaxError
+from hax_ssm.ops.common import triton_unsupported, use_triton
+
 SsdResult = tuple[torch.Tensor, torch.Tensor | None]
-SSD_IMPLS = ("auto", "ref", "chunked")
+SSD_IMPLS = ("auto", "ref", "chunked", "triton")
 
 
 def _heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -145,12 +153,22 @@ def ssd(
         initial_state: ``[b, h, p, n]`` state before ``x``, or None (zeros).
         return_final_state: also return the state after the last step.
         chunk_size: chunk length of the chunked algorithm (does not change the result).
-        impl: ``"auto"`` (chunked), ``"ref"`` or ``"chunked"``.
+        impl: ``"auto"`` (Triton on CUDA when installed, else chunked), ``"ref"``, ``"chunked"`` or
+            ``"triton"``.
 
     Returns:
         ``(y [b, l, h, p] in x.dtype, final_state [b, h, p, n] fp32 or None)``.
     """
-    if impl in ("auto", "chunked"):
+    if impl == "auto":
+        impl = "triton" if use_triton(x) else "chunked"
+    if impl == "triton":
+        reason = triton_unsupported(x)
+        if reason is not None:
+            raise HaxError(f"ssd impl 'triton': {reason}")
+        from hax_ssm.ops.triton_scan import ssd_triton
+
+        return ssd_triton(x, dt, A, B, C, D, initial_state, return_final_state)
+    if impl == "chunked":
         return ssd_chunked(x, dt, A, B, C, D, initial_state, return_final_state, chunk_size)
     if impl == "ref":
         return ssd_ref(x, dt, A, B, C, D, initial_state, return_final_state)

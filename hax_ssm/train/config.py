@@ -62,6 +62,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    cuda_graphs: bool = False
     progress: bool = True
     wandb: bool = False
     wandb_project: str = "hax-ssm"
@@ -134,6 +135,10 @@ class TrainConfig:
         require(
             _finite(self.gate_loss_weight) and self.gate_loss_weight >= 0,
             f"--gate-loss-weight {self.gate_loss_weight}: must be >= 0",
+        )
+        require(
+            not self.cuda_graphs or self.grad_accum == 1,
+            f"--cuda-graphs with --grad-accum {self.grad_accum}: a graph holds one micro-batch; use --grad-accum 1",
         )
         require(bool(self.data_dir), "--data-dir is required")
         require(bool(self.save_dir), "--save-dir is required")

@@ -46,16 +46,27 @@ def hold_warmup_cosine_lr(
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        current = group["lr"]
+        if not isinstance(current, torch.Tensor):
+            group["lr"] = lr
+            continue
+        # capturable AdamW: a replayed CUDA graph reads this tensor, so it is updated in place
+        device = group["params"][0].device
+        if current.device != device:  # a checkpoint is loaded onto the CPU
+            group["lr"] = current = current.to(device)
+        current.fill_(lr)
 
 
-def build_adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def build_adamw(model: torch.nn.Module, lr: float, weight_decay: float, capturable: bool = False) -> torch.optim.AdamW:
     """AdamW that decays weight matrices (projections, embeddings) only.
 
     Biases, norm weights, the branch gate E and the SSM's dynamics (A_log, D, dt_bias; Mamba's
     A_log is a matrix) are not decayed: pulling them towards 0 changes what the layer computes
     rather than regularising it. Parameters marked ``_no_weight_decay`` (mamba_ssm's
     convention) are skipped as well.
+
+    ``capturable``: the update can run inside a CUDA graph (hax_ssm.utils.step_graphs); the learning
+    rate is then a device tensor that :func:`set_lr` changes in place.
     """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -66,4 +77,10 @@ def build_adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # fused: one kernel for the whole update on CUDA (no host sync either way)
     fused = all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)
+    groups = [g for g in groups if g["params"]]
+    if capturable:
+        device = groups[0]["params"][0].device
+        for g in groups:  # one tensor per group: set_lr fills each
+            g["lr"] = torch.tensor(float(lr), device=device)
+        return torch.optim.AdamW(groups, lr=lr, fused=fused or None, capturable=True)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)

@@ -24,14 +24,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from hax_ssm.data.batch import Batch
-from hax_ssm.errors import HaxError
+from hax_ssm.errors import HaxError, require
 from hax_ssm.eval.evaluation import EvalResult, autocast_for, evaluate
 from hax_ssm.eval.metrics import score_recall
 from hax_ssm.train.config import TrainConfig
@@ -47,10 +47,20 @@ from hax_ssm.train.run_dir import RunDir
 from hax_ssm.train.schedule import build_adamw, set_lr
 from hax_ssm.train.sinks import MetricSinks
 from hax_ssm.utils.provenance import provenance
+from hax_ssm.utils.step_graphs import StepGraphs, pad_to_multiple
 
 CHECKPOINT_FORMAT = 1
+GRAPH_LENGTH_MULTIPLE = 64  # --cuda-graphs: batch lengths padded up to this, so at most L/64 graphs
 # device-side sums kept between two log lines, in this order
 _WINDOW_FIELDS = ("lm_loss", "gate_loss", "accuracy_sum", "samples", "grad_norm", "stop")
+
+
+class _Micro(NamedTuple):
+    """The tensors of a (micro-)batch that a training step reads."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
 
 
 class Diverged(HaxError):
@@ -114,6 +124,10 @@ class Trainer:
         else:
             self.run.check_fresh(overwrite)
         config.check_batch_split(self.ctx.world_size)
+        require(
+            not (config.cuda_graphs and self.ctx.enabled),
+            "--cuda-graphs runs one process (DDP's gradient all-reduce is not captured): drop torchrun or the flag",
+        )
         self._open_loader = loader_factory or recall_loader
         self._loader("train", train=True)  # a data dir that is not a dataset fails here
         for split in (config.val_split, config.test_split):
@@ -123,7 +137,8 @@ class Trainer:
         random.seed(config.seed)
         np.random.seed(config.seed)
         self.model = model_factory(config).to(self.device)
-        self.optimizer = build_adamw(self.model, config.lr, config.weight_decay)
+        graphed = config.cuda_graphs and self.device.type == "cuda"  # elsewhere the flag changes nothing
+        self.optimizer = build_adamw(self.model, config.lr, config.weight_decay, capturable=graphed)
         self.step = 0
         self.best: dict[str, Any] = {"step": None, "val_accuracy": -math.inf, "val_loss": math.inf}
         self.window = StepWindow.empty(self.device)
@@ -135,6 +150,7 @@ class Trainer:
             self.run.write_json(self.run.config, self._config_record())
         barrier(self.ctx)
         self.train_model = self._wrap_for_training(self.model)
+        self.graphs = StepGraphs(self._graph_step, params=self.model.parameters()) if graphed else None
         self.sinks = None
         if self.ctx.is_main:
             self.sinks = MetricSinks(self.run, config.to_dict(), config.wandb, config.wandb_project)
@@ -248,7 +264,28 @@ class Trainer:
     def _train_step(self, batch: Batch) -> None:
         c = self.config
         set_lr(self.optimizer, c.lr_at(self.step))
-        micros = [m.to(self.device, non_blocking=True) for m in micro_batches(batch, c.grad_accum)]
+        if self.graphs is not None:  # one graph per padded length; no micro-batches, one process
+            b = batch.to(self.device, non_blocking=True)
+            pad_id = getattr(getattr(self.model, "config", None), "pad_token_id", None) or 0
+            stats = self.graphs(
+                pad_to_multiple(b.input_ids, GRAPH_LENGTH_MULTIPLE, pad_id),
+                pad_to_multiple(b.attention_mask, GRAPH_LENGTH_MULTIPLE, False),
+                pad_to_multiple(b.loss_mask, GRAPH_LENGTH_MULTIPLE, False),
+            )
+        else:
+            stats = self._update([m.to(self.device, non_blocking=True) for m in micro_batches(batch, c.grad_accum)])
+        self.window.sums += stats.double()
+        self.window.steps += 1
+
+    def _graph_step(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self._update([_Micro(input_ids, attention_mask, loss_mask)])
+
+    def _update(self, micros: list[Any]) -> torch.Tensor:
+        """Forward and backward over the micro-batches, one optimizer update; the step's metric sums
+        (no host sync: under --cuda-graphs this is what a graph replays)."""
+        c = self.config
         # normalise by the masked positions of the whole global batch (all micro-batches, all ranks)
         masked = all_reduce_sum(self.ctx, torch.stack([m.loss_mask.sum() for m in micros]).sum().float())
         scale = self.ctx.world_size / masked  # DDP averages gradients over ranks
@@ -270,10 +307,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip) if c.grad_clip > 0 else zero
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        rows = torch.full_like(zero, len(batch.input_ids))
-        stats = torch.stack([lm_total, gate_total, acc_total, rows, grad_norm, zero])
-        self.window.sums += stats.double()
-        self.window.steps += 1
+        rows = torch.full_like(zero, sum(len(m.input_ids) for m in micros))
+        return torch.stack([lm_total, gate_total, acc_total, rows, grad_norm, zero])
 
     # ------------------------------------------------------------------ logging and validation
     def _read_window(self, stop_requested: bool) -> tuple[dict[str, float], bool]:

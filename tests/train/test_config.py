@@ -37,6 +37,7 @@ def test_hax_alias_and_width_pick_the_preset():
         ({"steps": 2.5}, "--steps 2.5"),
         ({"lr": math.nan}, "--lr nan"),
         ({"sparse_arch": "hax", "sparse_keys": 63}, "does not split evenly"),
+        ({"cuda_graphs": True, "grad_accum": 2}, "--cuda-graphs with --grad-accum 2"),
     ],
 )
 def test_bad_values_name_themselves(kw, message):

@@ -59,13 +59,11 @@ once with ``num_stages=1``.
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 from torch import Tensor
 
 from hax_ssm.errors import HaxError
+from hax_ssm.ops.common import triton_unsupported
 from hax_ssm.ops.patterns import SparseSpec
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -74,21 +72,11 @@ MAX_DV = 256
 MAX_BATCH = 65535
 
 
-@functools.cache
-def triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def unsupported(q: Tensor, v: Tensor) -> str | None:
     """Why the Triton path cannot run these inputs (None: it can)."""
-    if not triton_importable():
-        return "triton is not installed (pip install 'hax-ssm[gpu]')"
-    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"needs CUDA tensors, got {q.device.type} (TRITON_INTERPRET=1 runs it in Triton's CPU interpreter)"
+    reason = triton_unsupported(q)
+    if reason is not None:
+        return reason
     if q.dtype not in DTYPES or v.dtype not in DTYPES:
         return f"dtype {q.dtype}/{v.dtype} not supported; allowed: float16, bfloat16, float32"
     if q.shape[0] > MAX_BATCH:

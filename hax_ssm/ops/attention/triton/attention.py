@@ -22,19 +22,12 @@ from hax_ssm.ops.attention.triton.index import (
     lsh_index,
     lsh_items,
 )
+from hax_ssm.ops.common import patch_triton_interpreter
 from hax_ssm.ops.patterns import SparseSpec
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-if INTERPRET:  # triton 3.6's interpreter turns 1-element arrays into loop bounds with int(), which numpy >= 2.3 refuses
-    import triton.runtime.interpreter as _interpreter
-
-    _patch_tensor = _interpreter._patch_lang_tensor
-
-    def _patch_lang_tensor(tensor: Any, scope: Any) -> None:
-        _patch_tensor(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
-
-    _interpreter._patch_lang_tensor = _patch_lang_tensor
+if INTERPRET:
+    patch_triton_interpreter()
 # Tests set this to small tiles so that short sequences still span many blocks, chunks and items.
 BLOCKS_OVERRIDE: Blocks | None = None
 SEGMENT_ROWS = 16  # partial rows summed per step of segment_reduce

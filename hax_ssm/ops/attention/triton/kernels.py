@@ -123,7 +123,7 @@ def _held_by_global(j, k_c, r, sink, dil):
 @triton.jit
 def _kernel1_keys(w, segments, lo, end, PREFIX, k_c, r, sink, dil, BK: tl.constexpr):
     """Candidate tile w of a query block: its keys j [BK] and which of them are listed (each key once)."""
-    n_range, n_sink, n_dil, _, sink_hi, dil_w0, dil_w1 = segments
+    n_range, n_sink, n_dil, n_ks, sink_hi, dil_w0, dil_w1 = segments
     offs = tl.arange(0, BK)
     if w < n_range:  # the contiguous range [lo, end)
         j = lo + w * BK + offs
@@ -137,7 +137,9 @@ def _kernel1_keys(w, segments, lo, end, PREFIX, k_c, r, sink, dil, BK: tl.conste
         ok = d < dil_w1
     else:  # the block's prefix top-k list, minus keys listed above
         slot = (w - n_range - n_sink - n_dil) * BK + offs
-        j = tl.load(PREFIX + slot, mask=slot < k_c, other=-1)
+        # Triton may if-convert these branches and issue this load for every w, so its mask must keep it
+        # inside the list on its own (slot >= 0) and off the 1-element placeholder without key selection.
+        j = tl.load(PREFIX + slot, mask=(slot >= 0) & (slot < k_c) & (n_ks > 0), other=-1)
         ok = (j >= 0) & (j < lo) & ~_held_by_global(j, k_c, r, sink, dil)
     return tl.where(ok, j, 0), ok
 

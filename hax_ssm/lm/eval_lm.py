@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from hax_ssm.eval.evaluation import autocast_for
 from hax_ssm.lm.corpus.reader import TokenCorpus
 from hax_ssm.lm.evaluate import evaluate_longbench, evaluate_ruler_samples, perplexity_by_position, write_results
 from hax_ssm.lm.ruler import RulerGenerator, RulerSample, RulerText, read_samples, resolve_tasks
-from hax_ssm.lm.tokenizer import Tokenizer, corpus_tokenizer
+from hax_ssm.lm.tokenizer import Tokenizer, corpus_tokenizer, load_tokenizer
 from hax_ssm.train.run_dir import RunDir, load_checkpoint
 
 DEFAULT_CONTEXT = 2048
@@ -209,11 +209,19 @@ def _default_out(opts: EvalLMOptions, run: Path | None) -> Path:
     return run / "eval_lm"
 
 
-def run_eval_lm(opts: EvalLMOptions) -> dict:
-    """Evaluate one model; write ``results.json`` (and ``ruler.png``) under the output directory; return the results."""
-    from hax_ssm.train.distributed import resolve_device
+@dataclass
+class _Plan:
+    """Everything an evaluation needs, checked before the model runs."""
 
-    device = resolve_device(opts.device)
+    loaded: LoadedLM
+    out_dir: Path
+    corpus_dir: Path | None
+    tokenizer: Tokenizer | None
+    docs: list[np.ndarray]
+    samples: list[RulerSample]
+
+
+def _plan(opts: EvalLMOptions, device: torch.device) -> _Plan:
     require(opts.ppl_docs >= 0, f"--ppl-docs {opts.ppl_docs}: must be >= 0 (0: no perplexity)")
     require(opts.ppl_length >= 2, f"--ppl-length {opts.ppl_length}: must be at least 2")
     loaded = load_lm(opts.target, device)
@@ -225,72 +233,63 @@ def run_eval_lm(opts: EvalLMOptions) -> dict:
             corpus.vocab_size <= loaded.model.config.vocab_size,
             f"corpus {corpus_dir}: {corpus.vocab_size} token ids, the model has {loaded.model.config.vocab_size}",
         )
-    needs_text = opts.ruler_file is not None or opts.tasks != [] or opts.longbench is not None
     tokenizer = None
-    if needs_text:
+    if opts.ruler_file is not None or opts.tasks != [] or opts.longbench is not None:  # text in and out
         if corpus_dir is not None:
             tokenizer = corpus_tokenizer(corpus_dir, opts.tokenizer, opts.cache_dir)
         else:
             require(opts.tokenizer is not None, "no corpus to take the tokenizer from: pass --tokenizer")
-            from hax_ssm.lm.tokenizer import load_tokenizer
-
             tokenizer = load_tokenizer(opts.tokenizer, opts.cache_dir)
     docs: list[np.ndarray] = []
     if opts.ppl_docs:
         require(corpus is not None, "perplexity needs held-out documents: pass --corpus (or --ppl-docs 0)")
         docs = _held_out_documents(corpus, opts.ppl_split, opts.ppl_length, opts.ppl_docs)
-    samples: list[RulerSample] = _ruler_samples(opts, tokenizer, corpus_dir, loaded.context)
+    samples = _ruler_samples(opts, tokenizer, corpus_dir, loaded.context)
+    return _Plan(loaded, out_dir, corpus_dir, tokenizer, docs, samples)
 
-    runner = ModelRunner(loaded.model, device, opts.precision, tokenizer.vocab_size if tokenizer else None)
+
+def run_eval_lm(opts: EvalLMOptions) -> dict:
+    """Evaluate one model; write ``results.json`` (and ``ruler.png``) under the output directory; return the results."""
+    from hax_ssm.train.distributed import resolve_device
+
+    device = resolve_device(opts.device)
+    plan = _plan(opts, device)
+    model, tokenizer = plan.loaded.model, plan.tokenizer
+    runner = ModelRunner(model, device, opts.precision, tokenizer.vocab_size if tokenizer else None)
     results: dict[str, Any] = {"seconds": {}}
 
-    def timed(name: str, fn, *args, **kwargs):
+    def timed(name: str, fn, *args, **kwargs) -> dict:
         started = time.perf_counter()
-        value = fn(*args, **kwargs)
+        results[name] = fn(*args, **kwargs)
         results["seconds"][name] = round(time.perf_counter() - started, 2)
-        return value
+        return results[name]
 
-    if docs:
-        results["perplexity"] = timed(
-            "perplexity", perplexity_by_position, runner.logprobs, docs, progress=opts.progress
-        )
-    if samples:
+    if plan.docs:
+        timed("perplexity", perplexity_by_position, runner.logprobs, plan.docs, progress=opts.progress)
+        results["perplexity"]["split"] = opts.ppl_split
+    if plan.samples:
         generate = _generate_fn(runner, tokenizer)
-        results["ruler"] = timed("ruler", evaluate_ruler_samples, generate, tokenizer, samples, progress=opts.progress)
+        timed("ruler", evaluate_ruler_samples, generate, tokenizer, plan.samples, progress=opts.progress)
     if opts.longbench is not None:
-        results["longbench"] = timed(
-            "longbench",
-            evaluate_longbench,
-            _generate_fn(runner, tokenizer),
-            tokenizer,
-            opts.longbench,
-            max_prompt_tokens=opts.longbench_max_tokens or loaded.context,
-            datasets=opts.longbench_datasets,
-            progress=opts.progress,
-        )
+        budget = opts.longbench_max_tokens or plan.loaded.context
+        generate = _generate_fn(runner, tokenizer)
+        kwargs = {"max_prompt_tokens": budget, "datasets": opts.longbench_datasets, "progress": opts.progress}
+        timed("longbench", evaluate_longbench, generate, tokenizer, opts.longbench, **kwargs)
     model_info = {
-        "source": str(loaded.source),
-        "step": loaded.step,
-        "model_type": loaded.model.config.model_type,
-        "sparse_arch": loaded.model.config.sparse_arch,
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
-        "train_context": loaded.context,
+        "source": str(plan.loaded.source),
+        "step": plan.loaded.step,
+        "model_type": model.config.model_type,
+        "sparse_arch": model.config.sparse_arch,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_context": plan.loaded.context,
     }
-    settings = {
-        "corpus": str(corpus_dir) if corpus_dir else None,
-        "precision": opts.precision,
-        "ppl_split": opts.ppl_split,
-        "ppl_length": opts.ppl_length,
-        "ppl_docs": opts.ppl_docs,
-        "ruler_file": str(opts.ruler_file) if opts.ruler_file else None,
-        "ruler_split": opts.ruler_split,
-        "samples": opts.samples,
-        "seed": opts.seed,
-        "longbench": str(opts.longbench) if opts.longbench else None,
-    }
-    payload = write_results(out_dir / "results.json", results, benchmark="eval-lm", model=model_info, settings=settings)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()}
+    settings["corpus"] = str(plan.corpus_dir) if plan.corpus_dir else None
+    payload = write_results(
+        plan.out_dir / "results.json", results, benchmark="eval-lm", model=model_info, settings=settings
+    )
     if "ruler" in results and opts.plot:
-        _plot(results["ruler"]["summary"], out_dir / "ruler.png")
+        _plot(results["ruler"]["summary"], plan.out_dir / "ruler.png")
     return payload
 
 

@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 MORE_TO_DO = 75  # exit status: stopped for time, run the same command again
 CALIBRATION_STEPS = 30  # timed from the second log line on (the first holds compilation and warm-up)
-EVAL_SECONDS_GUESS = 240  # what one evaluation is assumed to need before it was measured
+EVAL_SECONDS_GUESS = 240  # what one evaluation is assumed to need before one was measured
+START_SECONDS = 60  # a further training phase starts only with this much of the call left
 MARGIN_SECONDS = 30  # a call stops this long before --call-seconds (checkpoint, shutdown)
 VARIANTS = {"base": "none", "hax": "hax"}  # hax = argmax_lsh+key_selection in train-lm
 
@@ -293,6 +294,11 @@ def plot(results: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
+def more_to_do(why: str, work_dir: Path) -> int:
+    print(f"{why}: run the same command again to continue (state in {work_dir})", flush=True)
+    return MORE_TO_DO
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plot_only is not None:
@@ -300,16 +306,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     clock = Clock(args.call_seconds)
     works = {name: args.work_dir / name for name in VARIANTS}
-    plans = {name: calibrate(args, name, work) for name, work in works.items()}
+    plans = {name: calibrate(args, name, work) for name, work in works.items()}  # about a minute, always
+    # every call makes progress (at least one training segment or one evaluation); it starts another
+    # phase only when that phase is likely to fit in what is left of the call
+    progressed = False
     for name, work in works.items():
+        if (work / "run" / "results.json").is_file():
+            continue
+        if progressed and clock.left() < START_SECONDS:
+            return more_to_do(f"no time left to train {name}", args.work_dir)
+        progressed = True
         if not train(args, name, work, plans[name], clock):
-            print(f"out of time for this call: run the same command again to continue ({args.work_dir})")
-            return MORE_TO_DO
-    evaluations = {}
+            return more_to_do(f"{name} stopped for time", args.work_dir)
+    evaluations: dict[str, dict] = {}
     for name, work in works.items():
-        if not (work / "eval" / "results.json").is_file() and clock.left() < EVAL_SECONDS_GUESS:
-            print(f"not enough time left to evaluate {name}: run the same command again to continue")
-            return MORE_TO_DO
+        measured = [sum(e["seconds"].values()) for e in evaluations.values()]
+        needed = 1.2 * max(measured) if measured else EVAL_SECONDS_GUESS
+        if not (work / "eval" / "results.json").is_file():
+            if progressed and clock.left() < needed:
+                return more_to_do(f"not enough time left to evaluate {name}", args.work_dir)
+            progressed = True
         evaluations[name] = evaluate(args, name, work)
     summaries = {name: variant_summary(work, plans[name], evaluations[name]) for name, work in works.items()}
     report(args, summaries, time.perf_counter() - clock.started)

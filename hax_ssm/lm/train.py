@@ -149,7 +149,8 @@ class LMTrainer(Trainer):
             loader_factory=partial(WindowLoader, context=config.context, eval_windows=config.eval_windows),
         )
 
-    def _write_test_files(self, result: Any) -> dict[str, Any]:
+    def _record_test(self, result: Any) -> dict[str, Any]:
+        """Loss and perplexity of the test windows (no per-size breakdown: eval-lm goes further)."""
         return {
             "loss": result.loss,
             "perplexity": math.exp(result.loss) if math.isfinite(result.loss) else None,

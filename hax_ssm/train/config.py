@@ -157,18 +157,21 @@ class TrainConfig:
 
 
 def merge_for_resume(stored: TrainConfig, given: dict[str, Any]) -> TrainConfig:
-    """The stored config with the options given again on the command line; refuse real changes."""
-    merged = stored.to_dict()
+    """The stored config with the options given again on the command line; refuse real changes.
+
+    Values are compared as validated, so a spelling that resolves to the stored value is no change
+    (``--sparse-arch hax`` against the stored ``sign_bin_lsh+key_selection``).
+    """
+    merged = type(stored).from_dict({**stored.to_dict(), **given}).validate()
     allowed = type(stored).resumable_changes
     for key, value in given.items():
-        if key not in allowed and merged.get(key) != value:
+        if key not in allowed and getattr(merged, key) != getattr(stored, key):
             flag = "--" + key.replace("_", "-")
             raise HaxError(
-                f"{flag} {value!r} differs from the run's {merged.get(key)!r}: a resumed run keeps its config "
+                f"{flag} {value!r} differs from the run's {getattr(stored, key)!r}: a resumed run keeps its config "
                 f"(only {', '.join('--' + k.replace('_', '-') for k in sorted(allowed))} may change)"
             )
-        merged[key] = value
-    return type(stored).from_dict(merged)
+    return merged
 
 
 def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:

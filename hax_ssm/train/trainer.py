@@ -423,7 +423,7 @@ class Trainer:
         result = evaluate(model, self._loader(self.config.test_split, False), self.device, self.config.precision)
         results = {
             "best": self.best,
-            "test": {"split": self.config.test_split, **self._write_test_files(result)},
+            "test": {"split": self.config.test_split, **self._record_test(result)},
             "steps": self.step,
             "config": self.config.to_dict(),
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -433,8 +433,8 @@ class Trainer:
         barrier(self.ctx)
         return results
 
-    def _write_test_files(self, result: EvalResult) -> dict[str, Any]:
-        """Write the test breakdown under eval/; return the test record of results.json."""
+    def _record_test(self, result: EvalResult) -> dict[str, Any]:
+        """The test record of results.json; also writes its per-size breakdown under eval/."""
         from hax_ssm.eval.breakdown import write_eval_files
 
         write_eval_files(self.run.eval_dir, self.config.test_split, result, title=self.run.path.name)

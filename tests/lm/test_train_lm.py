@@ -95,6 +95,17 @@ def test_other_bases_train(built_corpus, tmp_path, base, arch, recorded):
     assert np.isfinite(results["test"]["loss"])
 
 
+def test_cli_run_stops_for_time_and_resumes_with_the_same_flags(built_corpus, tmp_path, capsys):
+    flags = cli_flags(built_corpus, tmp_path / "run", steps=6)  # --sparse-arch hax: stored resolved
+    assert main([*flags, "--time-limit", "0"]) == 0  # one step, a checkpoint, a hint
+    assert "continue with: hax train-lm --save-dir" in capsys.readouterr().out
+    assert load_checkpoint(RunDir(tmp_path / "run").last_checkpoint)["step"] == 1
+    assert main([*flags, "--resume"]) == 0
+    assert json.loads(RunDir(tmp_path / "run").results.read_text())["steps"] == 6
+    assert main([*cli_flags(built_corpus, tmp_path / "run", steps=6, lr=1e-3), "--resume"]) == 2
+    assert "--lr 0.001 differs from the run's 0.003" in capsys.readouterr().err
+
+
 def test_steps_cannot_change_on_resume(built_corpus, tmp_path):
     cfg = tiny_lm_config(built_corpus, tmp_path / "run")
     with pytest.raises(HaxError, match="--steps 48 differs from the run's 24"):

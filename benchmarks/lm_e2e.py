@@ -19,8 +19,11 @@ then, on the GPU (data/ is git-ignored: carry it):
 Phases, each resumable from the files under --work-dir: calibrate (steps/s of each variant, from a short
 throw-away run: the step budget = train seconds x rate), train (hax_ssm.lm.train, checkpointed; the
 paper's schedule scaled to the budget), evaluate (hax_ssm.lm.eval_lm), report. One call does what fits
-in --call-seconds, then exits 75 (run the same command again: it resumes) or 0 when results are written.
-The work directory must survive between calls (the same warm machine, or copied back and forth).
+in --call-seconds (and always some progress), then exits 75 (run the same command again: it resumes) or
+0 when results are written. The work directory (checkpoints of ~0.4 GB per variant) must survive
+between calls: the same warm machine. Expected on one H100 with the defaults (Mamba small, 300 s of
+training per variant): about 20 minutes in all, i.e. 3 calls of at most 8 minutes (calibration ~1-2
+min, training 2 x ~5.5 min, evaluation ~1-4 min per variant: an estimate, not yet measured on a GPU).
 """
 
 from __future__ import annotations

@@ -313,15 +313,17 @@ def train_lm(
     time_limit: Annotated[_F, typer.Option(help="stop after this many seconds with a checkpoint")] = None,
 ) -> None:
     """Train a causal language model on a token corpus (PAPER.md section 5's protocol); resumable."""
-    from hax_ssm.lm.train import run_lm_training
+    from hax_ssm.lm.train import LMTrainer
     from hax_ssm.lm.train_config import LMTrainConfig
-    from hax_ssm.train.commands import parse_overrides, resolve_config
+    from hax_ssm.train.commands import parse_overrides, resolve_config, run_training
 
     given = {k: v for k, v in locals().items() if k in LMTrainConfig.__dataclass_fields__ and v is not None}
     if model_override:
         given["model_overrides"] = parse_overrides(model_override)
     cfg = resolve_config(given, config, resume, LMTrainConfig)
-    run_lm_training(cfg, resume=resume, overwrite=overwrite, time_limit=time_limit)
+    run_training(
+        cfg, resume=resume, overwrite=overwrite, time_limit=time_limit, trainer_class=LMTrainer, command="hax train-lm"
+    )
 
 
 @app.command("eval-lm")

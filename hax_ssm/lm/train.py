@@ -149,6 +149,13 @@ class LMTrainer(Trainer):
             loader_factory=partial(WindowLoader, context=config.context, eval_windows=config.eval_windows),
         )
 
+    def summary(self, results: dict[str, Any]) -> str:
+        test, best = results["test"], results["best"]
+        return (
+            f"test loss {test['loss']:.4f} (perplexity {test['perplexity']:.2f}) on {test['windows']} windows of "
+            f"{self.config.context} tokens (best validation loss {best['val_loss']:.4f} at step {best['step']})"
+        )
+
     def _record_test(self, result: Any) -> dict[str, Any]:
         """Loss and perplexity of the test windows (no per-size breakdown: eval-lm goes further)."""
         return {
@@ -158,28 +165,3 @@ class LMTrainer(Trainer):
             "windows": result.samples,
             "context": self.config.context,
         }
-
-
-def run_lm_training(
-    cfg: LMTrainConfig, *, resume: bool = False, overwrite: bool = False, time_limit: float | None = None
-) -> dict | None:
-    """Train and test one language model (under torchrun every rank calls this); print where things are."""
-    from hax_ssm.train.distributed import shutdown_distributed
-
-    trainer = LMTrainer(cfg, resume=resume, overwrite=overwrite)
-    try:
-        results = trainer.fit(time_limit=time_limit)
-    finally:
-        shutdown_distributed(trainer.ctx)
-    if not trainer.ctx.is_main:
-        return results
-    if results is None:
-        print(f"stopped at step {trainer.step}; continue with: hax train-lm --save-dir {cfg.save_dir} --resume")
-    else:
-        test, best = results["test"], results["best"]
-        print(
-            f"test loss {test['loss']:.4f} (perplexity {test['perplexity']:.2f}) on {test['windows']} windows of "
-            f"{cfg.context} tokens (best validation loss {best['val_loss']:.4f} at step {best['step']}); "
-            f"results in {RunDir(cfg.save_dir).results}"
-        )
-    return results

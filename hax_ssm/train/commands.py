@@ -110,12 +110,22 @@ def train(
     run_training(cfg, resume=resume, overwrite=overwrite, time_limit=time_limit)
 
 
-def run_training(cfg: TrainConfig, *, resume: bool, overwrite: bool, time_limit: float | None) -> dict | None:
-    """Train and test one run (under torchrun: every rank calls this); print where things are."""
+def run_training(
+    cfg: TrainConfig,
+    *,
+    resume: bool,
+    overwrite: bool,
+    time_limit: float | None,
+    trainer_class: type | None = None,
+    command: str = "hax train",
+) -> dict | None:
+    """Train and test one run (under torchrun: every rank calls this); print where things are.
+
+    ``trainer_class`` (default :class:`~hax_ssm.train.trainer.Trainer`) and ``command`` serve other tasks."""
     from hax_ssm.train.distributed import shutdown_distributed
     from hax_ssm.train.trainer import Trainer
 
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    trainer = (trainer_class or Trainer)(cfg, resume=resume, overwrite=overwrite)
     try:
         results = trainer.fit(time_limit=time_limit)
     finally:
@@ -123,14 +133,9 @@ def run_training(cfg: TrainConfig, *, resume: bool, overwrite: bool, time_limit:
     if not trainer.ctx.is_main:
         return results
     if results is None:
-        print(f"stopped at step {trainer.step}; continue with: hax train --save-dir {cfg.save_dir} --resume")
+        print(f"stopped at step {trainer.step}; continue with: {command} --save-dir {cfg.save_dir} --resume")
     else:
-        best, test = results["best"], results["test"]
-        print(
-            f"test accuracy {100 * test['accuracy']:.2f}% on {test['samples']} samples "
-            f"(best validation {100 * best['val_accuracy']:.2f}% at step {best['step']}); "
-            f"results in {RunDir(cfg.save_dir).results}"
-        )
+        print(f"{trainer.summary(results)}; results in {RunDir(cfg.save_dir).results}")
     return results
 
 

@@ -433,6 +433,14 @@ class Trainer:
         barrier(self.ctx)
         return results
 
+    def summary(self, results: dict[str, Any]) -> str:
+        """One line on a finished run's results."""
+        best, test = results["best"], results["test"]
+        return (
+            f"test accuracy {100 * test['accuracy']:.2f}% on {test['samples']} samples "
+            f"(best validation {100 * best['val_accuracy']:.2f}% at step {best['step']})"
+        )
+
     def _record_test(self, result: EvalResult) -> dict[str, Any]:
         """The test record of results.json; also writes its per-size breakdown under eval/."""
         from hax_ssm.eval.breakdown import write_eval_files

@@ -1,34 +1,30 @@
 """Recall-task data: joint recall (multi-level), MQAR, their storage and the training loader.
 
-The loader imports torch; it is loaded on first use so that generating data does not.
+Everything is loaded on first use: generating data does not import torch, and training on other
+data (language-model windows use :class:`Batch`) does not import Arrow.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from hax_ssm.data.build import generate_joint_recall, generate_mqar
-from hax_ssm.data.storage import open_split
-from hax_ssm.data.tokens import table_sizes
-
-_FROM_LOADER = {"Batch", "RecallLoader", "RecallSplit", "load_split"}
+_LAZY = {
+    "Batch": "hax_ssm.data.batch",
+    "RecallLoader": "hax_ssm.data.loader",
+    "RecallSplit": "hax_ssm.data.loader",
+    "load_split": "hax_ssm.data.loader",
+    "generate_joint_recall": "hax_ssm.data.build",
+    "generate_mqar": "hax_ssm.data.build",
+    "open_split": "hax_ssm.data.storage",
+    "table_sizes": "hax_ssm.data.tokens",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_LOADER:
-        from hax_ssm.data import loader
-
-        return getattr(loader, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'hax_ssm.data' has no attribute {name!r}")
 
 
-__all__ = [
-    "Batch",
-    "RecallLoader",
-    "RecallSplit",
-    "generate_joint_recall",
-    "generate_mqar",
-    "load_split",
-    "open_split",
-    "table_sizes",
-]
+__all__ = sorted(_LAZY)

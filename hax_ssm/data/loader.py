@@ -19,39 +19,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 
+from hax_ssm.data.batch import Batch
 from hax_ssm.data.storage import StoredSplit, open_split
 from hax_ssm.data.tokens import PAD, REFERENCE_SCHEME, JointRecallScheme, table_sizes
 from hax_ssm.errors import require
-
-
-@dataclass
-class Batch:
-    """One batch. ``loss_mask[b, t]`` is True where the model is scored on predicting
-    ``input_ids[b, t + 1]`` (the inquiry keys); ``attention_mask`` is False past each row's
-    useful length (padding, or an MQAR row's filler after its last answer)."""
-
-    input_ids: torch.Tensor  # int64 [B, T]
-    loss_mask: torch.Tensor  # bool [B, T]
-    attention_mask: torch.Tensor  # bool [B, T]
-    sizes: torch.Tensor  # int64 [B, W]: each row's table shape, named by size_names
-    rows: torch.Tensor  # int64 [B]: row indices in the split
-    size_names: tuple[str, ...]
-    step: int
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        moved = {
-            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), torch.Tensor)
-        }
-        return Batch(**moved, size_names=self.size_names, step=self.step)
 
 
 class RecallSplit:

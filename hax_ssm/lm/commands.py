@@ -113,9 +113,10 @@ def corpus_windows(
 ) -> None:
     """Print the training windows a (seed, step) draws, decoded: what the model will see."""
     from hax_ssm.lm.corpus.reader import TokenCorpus
+    from hax_ssm.lm.tokenizer import corpus_tokenizer
 
     windows = TokenCorpus(corpus).split(split).sample_windows(context, batch, seed=seed, step=step)
-    tok = _corpus_tokenizer(corpus, tokenizer, cache_dir)
+    tok = corpus_tokenizer(corpus, tokenizer, cache_dir)
     for i, window in enumerate(windows):
         print(f"--- window {i} ({context} tokens) ---")
         print(tok.decode(window))
@@ -142,18 +143,6 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _corpus_tokenizer(corpus: Path, tokenizer: Path | None, cache_dir: Path | None):
-    """The tokenizer a corpus was built with: GPT-2 from the cache, or the file given."""
-    from hax_ssm.lm.corpus.reader import TokenCorpus
-    from hax_ssm.lm.tokenizer import load_tokenizer
-
-    name = TokenCorpus(corpus).manifest["tokenizer"]["name"]
-    require(
-        tokenizer is not None or name == "gpt2", f"{corpus} uses tokenizer {name!r}: pass its file with --tokenizer"
-    )
-    return load_tokenizer(tokenizer, cache_dir)
-
-
 @ruler_app.command("make")
 def ruler_make(
     corpus: Annotated[Path, typer.Option(help="A corpus directory (haystack: its held-out books).")],
@@ -170,6 +159,7 @@ def ruler_make(
 ) -> None:
     """Generate RULER-style samples on the corpus's text and write them as JSONL."""
     from hax_ssm.lm.ruler import RulerGenerator, RulerText, resolve_tasks, write_samples
+    from hax_ssm.lm.tokenizer import corpus_tokenizer
 
     names = resolve_tasks(_csv(tasks))
     try:
@@ -179,7 +169,7 @@ def ruler_make(
         raise HaxError(f"--lengths {lengths!r} / --depths {depths!r}: expected comma-separated numbers") from None
     require(bool(sizes), "--lengths: give at least one length")
     require(overwrite or not out.exists(), f"{out} exists: pass --overwrite to replace it")
-    tok = _corpus_tokenizer(corpus, tokenizer, cache_dir)
+    tok = corpus_tokenizer(corpus, tokenizer, cache_dir)
     generator = RulerGenerator(tok, RulerText.from_corpus(corpus, tok, split=split), seed=seed)
     made = []
     for name in names:
@@ -243,3 +233,152 @@ def longbench_score(
     print(json.dumps(results["summary"]))
     if out:
         write_results(out, results, benchmark="longbench", predictions=str(predictions))
+
+
+# --- language models: train and evaluate ------------------------------------------------------------------------
+
+_LM_HELP = {
+    "base_arch": "mamba, mamba2 or samba",
+    "size": "tiny (CPU tests) or small (~27M parameters, one GPU): configs/lm/<base-arch>_<size>.json",
+    "sparse_arch": "none, a pattern or a '+' union; hax = argmax_lsh+key_selection (the paper's language setting)",
+    "data_dir": "corpus directory (hax corpus build --out DIR)",
+    "save_dir": "run directory: config, metrics.jsonl, checkpoints, results",
+    "context": "training window in tokens (from documents at least this long)",
+    "init_from": "continue pre-training a Mamba checkpoint in the HF layout (config.json + model.safetensors)",
+    "num_hash": "LSH hash directions; 0 = k for argmax LSH, 8 for sign-bin LSH",
+    "lr": "peak learning rate (the paper: 3e-4 at 130M, 1.5e-4 at 790M)",
+    "min_lr": "learning rate at the end of the cosine",
+    "hold_steps": "steps at lr 0 before the warm-up (AdamW's moments warm up)",
+    "warmup_steps": "linear warm-up steps after the hold, then cosine to --min-lr",
+    "eval_windows": "validation (and test) windows",
+    "eval_every": "validate (keep the lowest-loss checkpoint) every N steps",
+}
+
+
+def _lm_flag(field: str):
+    from hax_ssm.lm.train_config import LMTrainConfig
+    from hax_ssm.train.commands import FLAG_HELP, config_flag
+
+    return config_flag(field, LMTrainConfig(), {**FLAG_HELP, **_LM_HELP})
+
+
+_S = str | None
+_I = int | None
+_F = float | None
+_B = bool | None
+
+
+@app.command("train-lm")
+def train_lm(
+    base_arch: Annotated[_S, _lm_flag("base_arch")] = None,
+    size: Annotated[_S, _lm_flag("size")] = None,
+    sparse_arch: Annotated[_S, _lm_flag("sparse_arch")] = None,
+    data_dir: Annotated[_S, _lm_flag("data_dir")] = None,
+    save_dir: Annotated[_S, _lm_flag("save_dir")] = None,
+    context: Annotated[_I, _lm_flag("context")] = None,
+    init_from: Annotated[_S, _lm_flag("init_from")] = None,
+    sparse_keys: Annotated[_I, _lm_flag("sparse_keys")] = None,
+    num_hash: Annotated[_I, _lm_flag("num_hash")] = None,
+    gate_loss_weight: Annotated[_F, _lm_flag("gate_loss_weight")] = None,
+    lsh_center: Annotated[_S, _lm_flag("lsh_center")] = None,
+    attention_impl: Annotated[_S, _lm_flag("attention_impl")] = None,
+    model_override: Annotated[
+        list[str] | None, typer.Option(help="model config override KEY=JSON_VALUE (repeatable), e.g. hidden_size=256")
+    ] = None,
+    lr: Annotated[_F, _lm_flag("lr")] = None,
+    min_lr: Annotated[_F, _lm_flag("min_lr")] = None,
+    hold_steps: Annotated[_I, _lm_flag("hold_steps")] = None,
+    warmup_steps: Annotated[_I, _lm_flag("warmup_steps")] = None,
+    steps: Annotated[_I, _lm_flag("steps")] = None,
+    batch_size: Annotated[_I, _lm_flag("batch_size")] = None,
+    grad_accum: Annotated[_I, _lm_flag("grad_accum")] = None,
+    weight_decay: Annotated[_F, _lm_flag("weight_decay")] = None,
+    grad_clip: Annotated[_F, _lm_flag("grad_clip")] = None,
+    seed: Annotated[_I, _lm_flag("seed")] = None,
+    eval_every: Annotated[_I, _lm_flag("eval_every")] = None,
+    eval_windows: Annotated[_I, _lm_flag("eval_windows")] = None,
+    eval_batch_size: Annotated[_I, _lm_flag("eval_batch_size")] = None,
+    checkpoint_every: Annotated[_I, _lm_flag("checkpoint_every")] = None,
+    log_every: Annotated[_I, _lm_flag("log_every")] = None,
+    device: Annotated[_S, _lm_flag("device")] = None,
+    precision: Annotated[_S, _lm_flag("precision")] = None,
+    compile: Annotated[_B, _lm_flag("compile")] = None,
+    cuda_graphs: Annotated[_B, _lm_flag("cuda_graphs")] = None,
+    progress: Annotated[_B, _lm_flag("progress")] = None,
+    wandb: Annotated[_B, _lm_flag("wandb")] = None,
+    wandb_project: Annotated[_S, _lm_flag("wandb_project")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of config fields; flags override it")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --save-dir from its last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="start over in a --save-dir that holds a previous run")] = False,
+    time_limit: Annotated[_F, typer.Option(help="stop after this many seconds with a checkpoint")] = None,
+) -> None:
+    """Train a causal language model on a token corpus (PAPER.md section 5's protocol); resumable."""
+    from hax_ssm.lm.train import LMTrainer
+    from hax_ssm.lm.train_config import LMTrainConfig
+    from hax_ssm.train.commands import parse_overrides, resolve_config, run_training
+
+    given = {k: v for k, v in locals().items() if k in LMTrainConfig.__dataclass_fields__ and v is not None}
+    if model_override:
+        given["model_overrides"] = parse_overrides(model_override)
+    cfg = resolve_config(given, config, resume, LMTrainConfig)
+    run_training(
+        cfg, resume=resume, overwrite=overwrite, time_limit=time_limit, trainer_class=LMTrainer, command="hax train-lm"
+    )
+
+
+@app.command("eval-lm")
+def eval_lm(
+    target: Annotated[Path, typer.Argument(help="A train-lm run directory, a checkpoint file, or an HF Mamba dir.")],
+    out: Annotated[Path | None, typer.Option(help="Output directory [<run>/eval_lm].")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Corpus of held-out text [the run's].")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="tiktoken ranks file [GPT-2 from the cache].")] = None,
+    cache_dir: Path | None = None,
+    ppl_split: Annotated[str, typer.Option(help="Corpus split of the perplexity documents.")] = "test",
+    ppl_length: Annotated[int, typer.Option(help="Documents of at least this many tokens, cut to it.")] = 8192,
+    ppl_docs: Annotated[int, typer.Option(help="At most this many documents; 0 = no perplexity.")] = 8,
+    tasks: Annotated[str, typer.Option(help="RULER-style tasks, comma-separated; 'all' or 'none'.")] = "all",
+    lengths: Annotated[str | None, typer.Option(help="RULER lengths in tokens [context, 2 x context].")] = None,
+    samples: Annotated[int, typer.Option(help="RULER samples per task and length.")] = 5,
+    ruler_split: Annotated[str, typer.Option(help="Corpus split whose books make the haystack.")] = "test",
+    ruler_file: Annotated[Path | None, typer.Option(help="Pre-generated samples (hax ruler make).")] = None,
+    seed: int = 42,
+    longbench: Annotated[Path | None, typer.Option(help="LongBench-format JSONL file or directory.")] = None,
+    longbench_datasets: Annotated[str | None, typer.Option(help="Comma-separated LongBench data sets.")] = None,
+    longbench_max_tokens: Annotated[int | None, typer.Option(help="Prompt budget [the run's context].")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), bf16 or fp32")] = "auto",
+    progress: bool = True,
+) -> None:
+    """Evaluate a language model: perplexity by position, RULER-style tasks, LongBench files."""
+    from hax_ssm.lm.eval_lm import EvalLMOptions, run_eval_lm, summary_line
+
+    try:
+        sizes = [int(v) for v in _csv(lengths)] if lengths else None
+    except ValueError:
+        raise HaxError(f"--lengths {lengths!r}: expected comma-separated integers") from None
+    names = _csv(tasks) or []
+    task_list = None if names == ["all"] else [] if names == ["none"] else names
+    opts = EvalLMOptions(
+        target=target,
+        out=out,
+        corpus=corpus,
+        tokenizer=tokenizer,
+        cache_dir=cache_dir,
+        device=device,
+        precision=precision,
+        ppl_split=ppl_split,
+        ppl_length=ppl_length,
+        ppl_docs=ppl_docs,
+        tasks=task_list,
+        lengths=sizes,
+        samples=samples,
+        ruler_split=ruler_split,
+        ruler_file=ruler_file,
+        seed=seed,
+        longbench=longbench,
+        longbench_datasets=_csv(longbench_datasets),
+        longbench_max_tokens=longbench_max_tokens,
+        progress=progress,
+    )
+    results = run_eval_lm(opts)
+    print(summary_line(results))

@@ -131,3 +131,22 @@ def load_tokenizer(path: str | os.PathLike | None = None, cache_dir: str | os.Pa
     if path is None:
         return Tokenizer(gpt2_ranks_path(cache_dir), name="gpt2")
     return Tokenizer(path)
+
+
+def corpus_tokenizer(
+    corpus_dir: str | os.PathLike, path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+) -> Tokenizer:
+    """The tokenizer a corpus was built with: the file given, or GPT-2 (from the cache) for a GPT-2 corpus."""
+    from hax_ssm.lm.corpus.reader import TokenCorpus
+
+    tokenizer = TokenCorpus(corpus_dir).manifest["tokenizer"]
+    require(
+        path is not None or tokenizer["name"] == "gpt2",
+        f"{corpus_dir} uses tokenizer {tokenizer['name']!r}: pass its file with --tokenizer",
+    )
+    loaded = load_tokenizer(path, cache_dir)
+    require(
+        loaded.sha256 == tokenizer["sha256"],
+        f"tokenizer {loaded.path} is not the one {corpus_dir} was built with ({tokenizer['name']})",
+    )
+    return loaded

@@ -13,7 +13,7 @@ from hax_ssm.train.config import TrainConfig, merge_for_resume
 from hax_ssm.train.run_dir import RunDir
 
 _DEFAULTS = TrainConfig()
-_HELP = {
+FLAG_HELP = {
     "base_arch": "mamba, mamba2 or samba",
     "sparse_arch": "none, a pattern or a '+' union; hax = sign_bin_lsh+key_selection",
     "width": "1x or 2x (the paper's 'Base (2x dim)'); never switched silently",
@@ -47,13 +47,13 @@ _HELP = {
 }
 
 
-def _opt(field: str) -> Any:
-    """A flag for a TrainConfig field: None when not given, so that --resume can tell."""
-    default = getattr(_DEFAULTS, field)
+def config_flag(field: str, defaults: TrainConfig = _DEFAULTS, helps: dict[str, str] = FLAG_HELP) -> Any:
+    """A flag for a config field: None when not given, so that --resume can tell."""
+    default = getattr(defaults, field)
     flag = "--" + field.replace("_", "-")
     names = (f"{flag}/--no-{flag[2:]}",) if isinstance(default, bool) else ()
     shown = f" [{default}]" if default != "" else ""
-    return typer.Option(*names, help=_HELP[field] + shown)
+    return typer.Option(*names, help=helps[field] + shown)
 
 
 _S = Optional[str]  # noqa: UP045 (typer reads these annotations at runtime)
@@ -63,40 +63,40 @@ _B = Optional[bool]  # noqa: UP045
 
 
 def train(
-    base_arch: Annotated[_S, _opt("base_arch")] = None,
-    sparse_arch: Annotated[_S, _opt("sparse_arch")] = None,
-    width: Annotated[_S, _opt("width")] = None,
-    data_dir: Annotated[_S, _opt("data_dir")] = None,
-    save_dir: Annotated[_S, _opt("save_dir")] = None,
-    sparse_keys: Annotated[_I, _opt("sparse_keys")] = None,
-    num_hash: Annotated[_I, _opt("num_hash")] = None,
-    gate_loss_weight: Annotated[_F, _opt("gate_loss_weight")] = None,
-    lsh_center: Annotated[_S, _opt("lsh_center")] = None,
-    attention_impl: Annotated[_S, _opt("attention_impl")] = None,
+    base_arch: Annotated[_S, config_flag("base_arch")] = None,
+    sparse_arch: Annotated[_S, config_flag("sparse_arch")] = None,
+    width: Annotated[_S, config_flag("width")] = None,
+    data_dir: Annotated[_S, config_flag("data_dir")] = None,
+    save_dir: Annotated[_S, config_flag("save_dir")] = None,
+    sparse_keys: Annotated[_I, config_flag("sparse_keys")] = None,
+    num_hash: Annotated[_I, config_flag("num_hash")] = None,
+    gate_loss_weight: Annotated[_F, config_flag("gate_loss_weight")] = None,
+    lsh_center: Annotated[_S, config_flag("lsh_center")] = None,
+    attention_impl: Annotated[_S, config_flag("attention_impl")] = None,
     model_override: Annotated[
         Optional[list[str]],  # noqa: UP045
         typer.Option(help="model config override KEY=JSON_VALUE (repeatable), e.g. hidden_size=32"),
     ] = None,
-    lr: Annotated[_F, _opt("lr")] = None,
-    weight_decay: Annotated[_F, _opt("weight_decay")] = None,
-    grad_clip: Annotated[_F, _opt("grad_clip")] = None,
-    steps: Annotated[_I, _opt("steps")] = None,
-    warmup_steps: Annotated[_I, _opt("warmup_steps")] = None,
-    batch_size: Annotated[_I, _opt("batch_size")] = None,
-    grad_accum: Annotated[_I, _opt("grad_accum")] = None,
-    seed: Annotated[_I, _opt("seed")] = None,
-    eval_every: Annotated[_I, _opt("eval_every")] = None,
-    eval_batch_size: Annotated[_I, _opt("eval_batch_size")] = None,
-    checkpoint_every: Annotated[_I, _opt("checkpoint_every")] = None,
-    log_every: Annotated[_I, _opt("log_every")] = None,
-    bucket_by_length: Annotated[_B, _opt("bucket_by_length")] = None,
-    device: Annotated[_S, _opt("device")] = None,
-    precision: Annotated[_S, _opt("precision")] = None,
-    compile: Annotated[_B, _opt("compile")] = None,
-    cuda_graphs: Annotated[_B, _opt("cuda_graphs")] = None,
-    progress: Annotated[_B, _opt("progress")] = None,
-    wandb: Annotated[_B, _opt("wandb")] = None,
-    wandb_project: Annotated[_S, _opt("wandb_project")] = None,
+    lr: Annotated[_F, config_flag("lr")] = None,
+    weight_decay: Annotated[_F, config_flag("weight_decay")] = None,
+    grad_clip: Annotated[_F, config_flag("grad_clip")] = None,
+    steps: Annotated[_I, config_flag("steps")] = None,
+    warmup_steps: Annotated[_I, config_flag("warmup_steps")] = None,
+    batch_size: Annotated[_I, config_flag("batch_size")] = None,
+    grad_accum: Annotated[_I, config_flag("grad_accum")] = None,
+    seed: Annotated[_I, config_flag("seed")] = None,
+    eval_every: Annotated[_I, config_flag("eval_every")] = None,
+    eval_batch_size: Annotated[_I, config_flag("eval_batch_size")] = None,
+    checkpoint_every: Annotated[_I, config_flag("checkpoint_every")] = None,
+    log_every: Annotated[_I, config_flag("log_every")] = None,
+    bucket_by_length: Annotated[_B, config_flag("bucket_by_length")] = None,
+    device: Annotated[_S, config_flag("device")] = None,
+    precision: Annotated[_S, config_flag("precision")] = None,
+    compile: Annotated[_B, config_flag("compile")] = None,
+    cuda_graphs: Annotated[_B, config_flag("cuda_graphs")] = None,
+    progress: Annotated[_B, config_flag("progress")] = None,
+    wandb: Annotated[_B, config_flag("wandb")] = None,
+    wandb_project: Annotated[_S, config_flag("wandb_project")] = None,
     config: Annotated[Optional[Path], typer.Option(help="JSON file of TrainConfig fields; flags override it")] = None,  # noqa: UP045
     resume: Annotated[bool, typer.Option(help="continue the run in --save-dir from its last checkpoint")] = False,
     overwrite: Annotated[bool, typer.Option(help="start over in a --save-dir that holds a previous run")] = False,
@@ -110,12 +110,22 @@ def train(
     run_training(cfg, resume=resume, overwrite=overwrite, time_limit=time_limit)
 
 
-def run_training(cfg: TrainConfig, *, resume: bool, overwrite: bool, time_limit: float | None) -> dict | None:
-    """Train and test one run (under torchrun: every rank calls this); print where things are."""
+def run_training(
+    cfg: TrainConfig,
+    *,
+    resume: bool,
+    overwrite: bool,
+    time_limit: float | None,
+    trainer_class: type | None = None,
+    command: str = "hax train",
+) -> dict | None:
+    """Train and test one run (under torchrun: every rank calls this); print where things are.
+
+    ``trainer_class`` (default :class:`~hax_ssm.train.trainer.Trainer`) and ``command`` serve other tasks."""
     from hax_ssm.train.distributed import shutdown_distributed
     from hax_ssm.train.trainer import Trainer
 
-    trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+    trainer = (trainer_class or Trainer)(cfg, resume=resume, overwrite=overwrite)
     try:
         results = trainer.fit(time_limit=time_limit)
     finally:
@@ -123,27 +133,24 @@ def run_training(cfg: TrainConfig, *, resume: bool, overwrite: bool, time_limit:
     if not trainer.ctx.is_main:
         return results
     if results is None:
-        print(f"stopped at step {trainer.step}; continue with: hax train --save-dir {cfg.save_dir} --resume")
+        print(f"stopped at step {trainer.step}; continue with: {command} --save-dir {cfg.save_dir} --resume")
     else:
-        best, test = results["best"], results["test"]
-        print(
-            f"test accuracy {100 * test['accuracy']:.2f}% on {test['samples']} samples "
-            f"(best validation {100 * best['val_accuracy']:.2f}% at step {best['step']}); "
-            f"results in {RunDir(cfg.save_dir).results}"
-        )
+        print(f"{trainer.summary(results)}; results in {RunDir(cfg.save_dir).results}")
     return results
 
 
-def resolve_config(given: dict[str, Any], config_file: Path | None, resume: bool) -> TrainConfig:
+def resolve_config(
+    given: dict[str, Any], config_file: Path | None, resume: bool, config_class: type[TrainConfig] = TrainConfig
+) -> TrainConfig:
     """Defaults <- config file <- flags; on --resume the stored config, where flags may not differ."""
     values = dict(read_json_object(config_file, "--config")) if config_file else {}
     values.update(given)
     if not resume:
-        return TrainConfig.from_dict(values, "--config").validate()
+        return config_class.from_dict(values, "--config").validate()
     require(bool(values.get("save_dir")), "--resume needs --save-dir (the run to continue)")
     run = RunDir(values["save_dir"])
     run.check_resumable()
-    stored = TrainConfig.from_dict(run.read_json(run.config)["train"], str(run.config))
+    stored = config_class.from_dict(run.read_json(run.config)["train"], str(run.config))
     return merge_for_resume(stored, values).validate()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from hax_ssm.errors import HaxError, require
 from hax_ssm.ops.patterns import LSH_CENTERS, parse_sparse_arch
@@ -67,6 +67,10 @@ class TrainConfig:
     wandb: bool = False
     wandb_project: str = "hax-ssm"
 
+    # what a resumed run may change, and which validation metric picks the best checkpoint
+    resumable_changes: ClassVar[frozenset[str]] = RESUMABLE_CHANGES
+    best_by: ClassVar[str] = "accuracy"  # higher is better; "loss": lower is better
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -86,6 +90,12 @@ class TrainConfig:
     @property
     def checkpoint_interval(self) -> int:
         return self.checkpoint_every or self.eval_every
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of the update from ``step`` to ``step + 1``: linear warm-up, then constant."""
+        from hax_ssm.train.schedule import warmup_constant_lr  # (torch is not loaded by `hax --help`)
+
+        return warmup_constant_lr(step, self.lr, self.warmup_steps)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Overrides passed to ``build_model(self.preset, **...)``."""
@@ -147,17 +157,21 @@ class TrainConfig:
 
 
 def merge_for_resume(stored: TrainConfig, given: dict[str, Any]) -> TrainConfig:
-    """The stored config with the options given again on the command line; refuse real changes."""
-    merged = stored.to_dict()
+    """The stored config with the options given again on the command line; refuse real changes.
+
+    Values are compared as validated, so a spelling that resolves to the stored value is no change
+    (``--sparse-arch hax`` against the stored ``sign_bin_lsh+key_selection``).
+    """
+    merged = type(stored).from_dict({**stored.to_dict(), **given}).validate()
+    allowed = type(stored).resumable_changes
     for key, value in given.items():
-        if key not in RESUMABLE_CHANGES and merged.get(key) != value:
+        if key not in allowed and getattr(merged, key) != getattr(stored, key):
             flag = "--" + key.replace("_", "-")
             raise HaxError(
-                f"{flag} {value!r} differs from the run's {merged.get(key)!r}: a resumed run keeps its config "
-                f"(only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_CHANGES))} may change)"
+                f"{flag} {value!r} differs from the run's {getattr(stored, key)!r}: a resumed run keeps its config "
+                f"(only {', '.join('--' + k.replace('_', '-') for k in sorted(allowed))} may change)"
             )
-        merged[key] = value
-    return TrainConfig.from_dict(merged)
+    return merged
 
 
 def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:

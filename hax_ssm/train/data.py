@@ -10,7 +10,7 @@ from dataclasses import fields, replace
 
 import torch
 
-from hax_ssm.data import Batch
+from hax_ssm.data.batch import Batch
 
 
 def micro_batches(batch: Batch, n: int) -> list[Batch]:

@@ -1,10 +1,13 @@
-"""Optimizer and learning-rate schedule of the synthetic protocol: AdamW, linear warm-up, constant.
+"""Optimizer and learning-rate schedules: AdamW; linear warm-up then constant (synthetic protocol), or
+hold, warm-up and cosine decay (the language-model protocol).
 
 The learning rate is a pure function of the step, set before every update, so a resumed run needs
 no scheduler state and cannot drift from a straight one.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -20,6 +23,25 @@ def warmup_constant_lr(step: int, base_lr: float, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return base_lr
     return base_lr * min(1.0, (step + 1) / warmup_steps)
+
+
+def hold_warmup_cosine_lr(
+    step: int, max_lr: float, min_lr: float, total_steps: int, warmup_steps: int, hold_steps: int = 0
+) -> float:
+    """lr of the update from ``step`` to ``step + 1`` in PAPER.md section 5's schedule.
+
+    0 for the first ``hold_steps`` updates (AdamW still accumulates its moments, so the real updates
+    start from sensible statistics), then linear warm-up to ``max_lr`` over ``warmup_steps`` updates,
+    then a cosine from ``max_lr`` down to ``min_lr`` at the last update (``total_steps - 1``).
+    """
+    if step < hold_steps:
+        return 0.0
+    step -= hold_steps
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    decay_steps = total_steps - hold_steps - warmup_steps - 1
+    progress = min(1.0, (step - warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -15,6 +15,7 @@ of the checkpoint, so ``--resume`` continues a killed run bit for bit on the sam
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import queue
 import random
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hax_ssm.data import Batch, RecallLoader
+from hax_ssm.data.batch import Batch
 from hax_ssm.errors import HaxError, require
 from hax_ssm.eval.evaluation import EvalResult, autocast_for, evaluate
 from hax_ssm.eval.metrics import score_recall
@@ -43,7 +44,7 @@ from hax_ssm.train.distributed import (
     init_distributed,
 )
 from hax_ssm.train.run_dir import RunDir
-from hax_ssm.train.schedule import build_adamw, set_lr, warmup_constant_lr
+from hax_ssm.train.schedule import build_adamw, set_lr
 from hax_ssm.train.sinks import MetricSinks
 from hax_ssm.utils.provenance import provenance
 from hax_ssm.utils.step_graphs import StepGraphs, pad_to_multiple
@@ -88,12 +89,21 @@ def build_model_for(config: TrainConfig) -> torch.nn.Module:
     return build_model(config.preset, **config.model_kwargs())
 
 
+def recall_loader(*args: Any, **kwargs: Any) -> Any:
+    """The recall tasks' loader (imported here: other data need no Arrow)."""
+    from hax_ssm.data import RecallLoader
+
+    return RecallLoader(*args, **kwargs)
+
+
 class Trainer:
     """Build with a validated config; ``fit()`` trains, validates, checkpoints and tests.
 
     ``resume=True`` continues the run in ``config.save_dir`` from its last checkpoint;
     ``overwrite=True`` clears a previous run there. ``model_factory`` replaces the models'
-    presets (tests, experiments).
+    presets (tests, experiments); ``loader_factory`` the recall loader (same call signature:
+    ``(data_dir, split, batch_size=, shuffle=, ...)``, e.g. language-model windows). What is
+    scheduled and how the best step is chosen come from the config (``lr_at``, ``best_by``).
     """
 
     def __init__(
@@ -118,12 +128,11 @@ class Trainer:
             not (config.cuda_graphs and self.ctx.enabled),
             "--cuda-graphs runs one process (DDP's gradient all-reduce is not captured): drop torchrun or the flag",
         )
-        self._open_loader = loader_factory or RecallLoader
+        self._open_loader = loader_factory or recall_loader
         self._loader("train", train=True)  # a data dir that is not a dataset fails here
         for split in (config.val_split, config.test_split):
             self._loader(split, train=False)
         barrier(self.ctx)
-        self.model_factory = model_factory
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed)
@@ -131,7 +140,7 @@ class Trainer:
         graphed = config.cuda_graphs and self.device.type == "cuda"  # elsewhere the flag changes nothing
         self.optimizer = build_adamw(self.model, config.lr, config.weight_decay, capturable=graphed)
         self.step = 0
-        self.best: dict[str, Any] = {"step": None, "val_accuracy": -math.inf, "val_loss": None}
+        self.best: dict[str, Any] = {"step": None, "val_accuracy": -math.inf, "val_loss": math.inf}
         self.window = StepWindow.empty(self.device)
         if resume:
             self._load_checkpoint()
@@ -214,6 +223,7 @@ class Trainer:
         return {
             "config": self.config.to_dict(),
             "model_build": {"preset": self.config.preset, "kwargs": self.config.model_kwargs()},
+            "model_config": self.model.config.to_dict() if hasattr(self.model, "config") else None,
         }
 
     def _save_checkpoint(self) -> None:
@@ -253,7 +263,7 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def _train_step(self, batch: Batch) -> None:
         c = self.config
-        set_lr(self.optimizer, warmup_constant_lr(self.step, c.lr, c.warmup_steps))
+        set_lr(self.optimizer, c.lr_at(self.step))
         if self.graphs is not None:  # one graph per padded length; no micro-batches, one process
             b = batch.to(self.device, non_blocking=True)
             pad_id = getattr(getattr(self.model, "config", None), "pad_token_id", None) or 0
@@ -332,7 +342,7 @@ class Trainer:
         now = time.perf_counter()
         steps_per_s = self.window.steps / max(now - clock["last"], 1e-9)
         clock["last"] = now
-        lr = warmup_constant_lr(self.step - 1, self.config.lr, self.config.warmup_steps)
+        lr = self.config.lr_at(self.step - 1)
         record = {"step": self.step, "split": "train", **metrics, "lr": lr, "steps_per_s": steps_per_s}
         if self.sinks is not None:
             self.sinks.write([record])
@@ -352,8 +362,14 @@ class Trainer:
             raise Diverged(f"validation loss became {loss} at step {self.step}: stopped; the last checkpoint is kept")
         if self.sinks is not None:
             self.sinks.write([{"step": self.step, "split": self.config.val_split, "loss": loss, "accuracy": acc}])
-        if acc > self.best["val_accuracy"]:
+        if self._improves(acc, loss):
             self._save_best(EvalResult(accuracy=acc, loss=loss, samples=0))
+
+    def _improves(self, accuracy: float, loss: float) -> bool:
+        """Is this validation the best so far, by the config's criterion (ties keep the earlier step)?"""
+        if self.config.best_by == "loss":
+            return loss < self.best["val_loss"]
+        return accuracy > self.best["val_accuracy"]
 
     # ------------------------------------------------------------------ the run
     def fit(self, stop_at: int | None = None, time_limit: float | None = None) -> dict[str, Any] | None:
@@ -398,19 +414,16 @@ class Trainer:
 
     def _test(self) -> dict[str, Any] | None:
         """Test the best-validation weights on the test split; write eval/ and results.json."""
-        from hax_ssm.eval.breakdown import write_eval_files
-
         if not self.ctx.is_main:
             barrier(self.ctx)
             return None
         best = self.run.load_checkpoint(self.run.best_checkpoint)
-        model = self.model_factory(self.config).to(self.device)
+        model = copy.deepcopy(self.model)  # same architecture and buffers; the best weights replace its own
         model.load_state_dict(best["model"])
         result = evaluate(model, self._loader(self.config.test_split, False), self.device, self.config.precision)
-        write_eval_files(self.run.eval_dir, self.config.test_split, result, title=self.run.path.name)
         results = {
             "best": self.best,
-            "test": {"split": self.config.test_split, **result.to_json()},
+            "test": {"split": self.config.test_split, **self._record_test(result)},
             "steps": self.step,
             "config": self.config.to_dict(),
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -419,6 +432,21 @@ class Trainer:
         self.run.write_json(self.run.results, results)
         barrier(self.ctx)
         return results
+
+    def summary(self, results: dict[str, Any]) -> str:
+        """One line on a finished run's results."""
+        best, test = results["best"], results["test"]
+        return (
+            f"test accuracy {100 * test['accuracy']:.2f}% on {test['samples']} samples "
+            f"(best validation {100 * best['val_accuracy']:.2f}% at step {best['step']})"
+        )
+
+    def _record_test(self, result: EvalResult) -> dict[str, Any]:
+        """The test record of results.json; also writes its per-size breakdown under eval/."""
+        from hax_ssm.eval.breakdown import write_eval_files
+
+        write_eval_files(self.run.eval_dir, self.config.test_split, result, title=self.run.path.name)
+        return result.to_json()
 
 
 def _prefetch(batches: Iterator[Batch], device: torch.device, depth: int = 4) -> Iterator[Batch]:

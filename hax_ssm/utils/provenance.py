@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import importlib.metadata
 import platform
 import subprocess
 import sys
@@ -41,9 +42,9 @@ def software_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
     if torch.version.cuda:
         versions["cuda"] = torch.version.cuda
-    for name in ("triton", "transformers", "pyarrow"):
-        with contextlib.suppress(ImportError):
-            versions[name] = __import__(name).__version__
+    for name in ("triton", "transformers", "pyarrow"):  # read from the installed metadata, never imported
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
     from hax_ssm import __version__
 
     versions["hax_ssm"] = __version__

@@ -132,6 +132,17 @@ def test_interpreter_matches_reference(arch, n):
 
 
 @interpreter
+def test_interpreter_values_wider_than_one_launch(monkeypatch):
+    """d_v above MAX_DV runs in channel slices (here 16 wide: 40 = 16 + 16 + 8), outputs and gradients exact."""
+    import hax_ssm.ops.attention.triton as triton_path
+
+    monkeypatch.setattr(triton_path, "MAX_DV", 16)
+    torch.manual_seed(3)
+    with tiles(**SMALL_TILES):
+        check("hax", 40, device="cpu", batch=2, dv=40)
+
+
+@interpreter
 @pytest.mark.parametrize("arch", UNIONS)
 def test_interpreter_budget_wider_than_tiles(arch):
     """k_c = 24 > 16-row tiles: windows span blocks, prefix lists span several tiles."""
@@ -217,6 +228,12 @@ def test_gpu_small_tiles(arch):
 def test_gpu_head_sizes(arch, dk, dv):
     torch.manual_seed(dk + dv)
     check(arch, 1058, device="cuda", dtype=torch.bfloat16, dk=dk, dv=dv, keys_per_part=16)
+
+
+@gpu
+def test_gpu_language_model_width_runs_in_slices():
+    """A language model's d_inner (768 = 3 launches of 256 channels) on the compiled kernels."""
+    check("argmax_lsh+key_selection", 1058, device="cuda", dtype=torch.bfloat16, dk=16, dv=768, keys_per_part=16)
 
 
 @gpu

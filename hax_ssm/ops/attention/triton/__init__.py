@@ -4,8 +4,8 @@ Registered as ``impl="triton"``; ``impl="auto"`` picks it for CUDA tensors when 
 :func:`supports`). triton is imported lazily: CPU installs never need it. With ``TRITON_INTERPRET=1`` the
 same kernels run on CPU tensors in Triton's interpreter (slow; used by the tests).
 
-Design (one head, d_k 16-128, d_v <= 256, fp16/bf16/fp32 in, fp32 scores and accumulators; heads folded
-into B; padding via the key mask; a query without keys outputs 0):
+Design (one head, d_k 16-128, d_v <= 256 per launch (a wider V runs in slices of 256 channels), fp16/bf16/fp32
+in, fp32 scores and accumulators; heads folded into B; padding via the key mask; a query without keys outputs 0):
 
 Index work (``index.py``, torch, no L x L tensor, static shapes, no host sync):
   - key selection: key j packs into one int64, (fp32 score bits mapped to a monotone integer) * 2**32 +
@@ -81,9 +81,8 @@ def unsupported(q: Tensor, v: Tensor) -> str | None:
         return f"dtype {q.dtype}/{v.dtype} not supported; allowed: float16, bfloat16, float32"
     if q.shape[0] > MAX_BATCH:
         return f"batch {q.shape[0]} (heads folded in) exceeds {MAX_BATCH}, the CUDA grid limit of its axis"
-    if q.shape[-1] > MAX_DK or v.shape[-1] > MAX_DV:
-        sizes = f"d_k={q.shape[-1]}, d_v={v.shape[-1]}"
-        return f"head sizes {sizes} not supported; allowed: d_k <= {MAX_DK}, d_v <= {MAX_DV}"
+    if q.shape[-1] > MAX_DK:
+        return f"d_k={q.shape[-1]} not supported; allowed: d_k <= {MAX_DK}"
     return None
 
 
@@ -108,7 +107,14 @@ def triton_attention(
         raise HaxError(f"impl='triton': {reason}")
     from hax_ssm.ops.attention.triton.attention import triton_sparse_attention
 
-    return triton_sparse_attention(q, k, v, spec, key_mask, q_buckets, k_buckets, key_scores)
+    d_v = v.shape[-1]
+    if d_v <= MAX_DV:
+        return triton_sparse_attention(q, k, v, spec, key_mask, q_buckets, k_buckets, key_scores)
+    # Wider values (a language model's d_inner of 768-3072) run in slices of MAX_DV channels: the softmax
+    # weights do not depend on V, so each slice is exact; only the small QK work is repeated.
+    slices = [v[..., s : s + MAX_DV].contiguous() for s in range(0, d_v, MAX_DV)]
+    outs = [triton_sparse_attention(q, k, part, spec, key_mask, q_buckets, k_buckets, key_scores) for part in slices]
+    return torch.cat(outs, dim=-1)
 
 
 __all__ = ["supports", "triton_attention", "unsupported"]

@@ -63,7 +63,9 @@ MAX_BLOCK_D = 16
 # Time is split into segments while fewer than this many programs per SM would run. Each step of a
 # program waits on its loads, so a program's time is about its number of steps; segments trade a
 # second pass over the inputs for shorter programs.
-PROGRAMS_PER_SM = 15  # H100, batch 64: 512 programs get S=3 (S=4 measured 5.5 -> 4.1 ms); 1024 keep S=1 (S=2, S=4 slower)
+# Measured on an H100 at batch 64: 512 programs run S=4 in 4.1 ms against 5.5 ms for S=1 (they get S=3);
+# 1024 programs were slower with S=2 and S=4 (they keep S=1).
+PROGRAMS_PER_SM = 15
 MIN_SEGMENT_CHUNKS = 4  # shorter segments cost more in extra passes than they save
 # Tests set these to force small chunks and several segments on short sequences.
 CHUNK_OVERRIDE: int | None = None

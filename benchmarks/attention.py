@@ -59,8 +59,8 @@ QUADRATIC = {"reference", "sdpa_flash"}  # cost grows with L at fixed B * L (and
 FULL_LENGTHS = (1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20)
 QUICK_LENGTHS = (1 << 10, 1 << 14)
 QUICK_PATTERNS = ("full", "sliding_window+sink", "hax")
-RESERVE_S = {"flex": 60.0}
-SPARSE_MAX_LENGTH = 1 << 12  # a FlexAttention cell may compile for a minute: start it only with that much left
+RESERVE_S = {"flex": 60.0}  # a FlexAttention cell may compile for a minute: start it only with that much left
+SPARSE_MAX_LENGTH = 1 << 12  # the plain-torch path is timed up to this length
 
 
 class Skip(Exception):

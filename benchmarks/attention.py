@@ -9,6 +9,7 @@ Triton against the dense reference, and the targets of issue 5.
 
     timeout 600 python benchmarks/attention.py --check      # full run, < 8 min on an H100
     timeout 120 python benchmarks/attention.py --quick      # smoke run, ~1 min
+    timeout 120 python benchmarks/attention.py --profile    # Triton HAX kernels by time, paper shape and 1M tokens
 
 Prints one table; writes results/attention_benchmark.json (with provenance) and results/attention_benchmark.png.
 Cells predicted to exceed --cell-cap seconds per call, or past the --budget deadline, are skipped and
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hax_ssm.ops.attention import sparse_attention
 from hax_ssm.ops.patterns import parse_sparse_arch
 from hax_ssm.utils.io import atomic_write_bytes, atomic_write_json
+from hax_ssm.utils.profiling import kernel_breakdown
 from hax_ssm.utils.provenance import provenance
 
 DK, DV, KEYS, NUM_HASH = 16, 128, 64, 8
@@ -389,10 +391,21 @@ def plot(cells: list[dict], tokens: int) -> bytes:
     return buf.getvalue()
 
 
+def profile(arch: str = "hax") -> None:
+    """Which kernels the Triton path's forward+backward spends its time in."""
+    for n, b in ((1058, 64), (1 << 14, 64)):
+        spec, q, k, v, extra, grad = make_case(arch, n, b)
+        fwd, leaves = op_method("triton")(spec, q, k, v, extra)
+        step = lambda _, fwd=fwd, leaves=leaves, grad=grad: torch.autograd.grad(fwd(), leaves, grad)
+        step(0)
+        print(kernel_breakdown(step, steps=10).table(f"\ntriton {arch} B={b} L={n}"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 lengths, 3 patterns, ~1 min")
     parser.add_argument("--check", action="store_true", help="validate Triton against the reference first")
+    parser.add_argument("--profile", action="store_true", help="only print the Triton HAX kernel breakdown")
     parser.add_argument("--budget", type=float, default=None, help="seconds before remaining cells are skipped")
     parser.add_argument("--cell-cap", type=float, default=2.0, help="skip cells predicted slower (s per call)")
     parser.add_argument("--out", type=Path, default=Path("results/attention_benchmark.json"))
@@ -400,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("attention benchmark: needs a CUDA device", file=sys.stderr)
         return 2
+    if args.profile:
+        profile()
+        return 0
     lengths = QUICK_LENGTHS if args.quick else FULL_LENGTHS
     patterns = QUICK_PATTERNS if args.quick else PATTERNS
     tokens = 1 << (17 if args.quick else 20)

@@ -46,6 +46,7 @@ from hax_ssm.models import build_model
 from hax_ssm.ops.common import triton_importable
 from hax_ssm.train.schedule import build_adamw
 from hax_ssm.utils.io import atomic_write_bytes, atomic_write_json
+from hax_ssm.utils.profiling import kernel_breakdown
 from hax_ssm.utils.provenance import provenance
 from hax_ssm.utils.step_graphs import StepGraphs
 
@@ -332,37 +333,15 @@ def op_table(batch: int, length: int) -> list[dict[str, Any]]:
 # --profile
 
 
-def profile(config: Config, batches: list, args: argparse.Namespace) -> None:
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    model, step = build(config)
+def eager_breakdown(config: Config, batches: list):
+    _, step = build(config)
     for i in range(3):
         step(*batches[i % len(batches)])
-    torch.cuda.synchronize()
-    steps = 5
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        started = time.perf_counter()
-        for i in range(steps):
-            step(*batches[i % len(batches)])
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - started) / steps
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    gpu_ms = sum(e.device_time_total for e in kernels) / 1e3 / steps
-    by_name: dict[str, list[float]] = {}
-    for e in kernels:
-        by_name.setdefault(e.name, []).append(e.device_time_total / 1e3)
-    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:20]
-    print(f"\nprofile of {config.label}: {steps} eager steps (profiler overhead included in wall time)")
-    print(
-        f"  wall per step {wall * 1e3:8.2f} ms | GPU kernel time {gpu_ms:8.2f} ms | kernels per step "
-        f"{len(kernels) / steps:6.0f} | CPU-side overhead (wall - GPU busy) {wall * 1e3 - gpu_ms:8.2f} ms"
-    )
-    print(f"  {'kernel':<80} {'ms/step':>8} {'calls/step':>10} {'share':>6}")
-    for name, times in top:
-        share = sum(times) / steps / max(gpu_ms, 1e-9)
-        print(f"  {name[:80]:<80} {sum(times) / steps:8.3f} {len(times) / steps:10.1f} {share:6.1%}")
-    del model, step
+    return kernel_breakdown(lambda i: step(*batches[i % len(batches)]))
+
+
+def profile(config: Config, batches: list, args: argparse.Namespace) -> None:
+    print("\n" + eager_breakdown(config, batches).table(f"profile of {config.label}"))
     gc.collect()
     torch.cuda.empty_cache()
     graph = measure(config, "graph", batches, args)

@@ -10,6 +10,7 @@ Triton against the dense reference, and the targets of issue 5.
     timeout 600 python benchmarks/attention.py --check      # full run, < 8 min on an H100
     timeout 120 python benchmarks/attention.py --quick      # smoke run, ~1 min
     timeout 120 python benchmarks/attention.py --profile    # Triton HAX kernels by time, paper shape and 1M tokens
+    timeout 400 python benchmarks/attention.py --tiles      # Triton HAX time under other tile sizes / warps
 
 Prints one table; writes results/attention_benchmark.json (with provenance) and results/attention_benchmark.png.
 Cells predicted to exceed --cell-cap seconds per call, or past the --budget deadline, are skipped and
@@ -401,11 +402,43 @@ def profile(arch: str = "hax") -> None:
         print(kernel_breakdown(step, steps=10).table(f"\ntriton {arch} B={b} L={n}"))
 
 
+# (queries per block, keys per tile, warps, pipeline stages); the first is the current default at d_v 128
+TILE_CONFIGS = (
+    (64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 4, 1), (64, 64, 4, 3), (64, 32, 4, 2),
+    (32, 64, 4, 2), (32, 32, 4, 2), (32, 64, 2, 2), (128, 64, 8, 2), (128, 32, 8, 2), (16, 64, 2, 2),
+)  # fmt: skip
+
+
+def sweep_tiles(arch: str = "hax") -> list[dict]:
+    """Graphed forward+backward of the Triton path under each tile config, at the paper's shape and 1M tokens."""
+    import hax_ssm.ops.attention.triton.attention as triton_attention
+    from hax_ssm.ops.attention.triton.index import Blocks
+
+    rows = []
+    for bq, bk, warps, stages in TILE_CONFIGS:
+        triton_attention.BLOCKS_OVERRIDE = Blocks(q=bq, k=bk, warps=warps, stages=stages)
+        row = {"q": bq, "k": bk, "warps": warps, "stages": stages}
+        for n, b in ((1058, 64), (1 << 14, 64)):
+            spec, q, k, v, extra, grad = make_case(arch, n, b)
+            try:
+                timed = measure(op_method("triton")(spec, q, k, v, extra), grad, 0.3, False, True)
+                row[f"L{n}_ms"] = timed["fwd_bwd_ms"]
+            except Exception as err:  # a config that does not compile or fit is reported, not fatal
+                row[f"L{n}_ms"] = None
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+        print("  " + "  ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
+                               for key, value in row.items()), flush=True)  # fmt: skip
+        rows.append(row)
+    triton_attention.BLOCKS_OVERRIDE = None
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 lengths, 3 patterns, ~1 min")
     parser.add_argument("--check", action="store_true", help="validate Triton against the reference first")
     parser.add_argument("--profile", action="store_true", help="only print the Triton HAX kernel breakdown")
+    parser.add_argument("--tiles", action="store_true", help="only time the Triton HAX path under other tile sizes")
     parser.add_argument("--budget", type=float, default=None, help="seconds before remaining cells are skipped")
     parser.add_argument("--cell-cap", type=float, default=2.0, help="skip cells predicted slower (s per call)")
     parser.add_argument("--out", type=Path, default=Path("results/attention_benchmark.json"))
@@ -415,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.profile:
         profile()
+        return 0
+    if args.tiles:
+        rows = sweep_tiles()
+        atomic_write_json(args.out.with_name("attention_tiles.json"), {"provenance": provenance(), "rows": rows})
         return 0
     lengths = QUICK_LENGTHS if args.quick else FULL_LENGTHS
     patterns = QUICK_PATTERNS if args.quick else PATTERNS

@@ -15,6 +15,12 @@ def acc_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def prefix_sum(x: Tensor, dim: int = 1) -> Tensor:
+    """x.cumsum(dim), scanned with dim innermost. CUDA scans a non-last dim with one thread per column
+    walking the whole length (0.14 ms for [64, 1058, 64] on an H100); over the last dim it is a parallel scan."""
+    return x.movedim(dim, -1).cumsum(-1).movedim(-1, dim)
+
+
 @functools.cache
 def triton_importable() -> bool:
     try:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from hax_ssm.ops.common import acc_dtype
+from hax_ssm.ops.common import acc_dtype, prefix_sum
 
 
 class KeyScorer(nn.Module):
@@ -43,7 +43,7 @@ class KeyScorer(nn.Module):
 def prefix_query_sum(q: Tensor, key_mask: Tensor | None) -> Tensor:
     """sum_{p <= j, p real} Q_p for every j: [B, L, d], accumulated in fp32 (or fp64)."""
     q = q.to(acc_dtype(q))
-    return (q if key_mask is None else q * key_mask[..., None].to(q.dtype)).cumsum(1)
+    return prefix_sum(q if key_mask is None else q * key_mask[..., None].to(q.dtype))
 
 
 class KeySelection(NamedTuple):

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from hax_ssm.ops.common import acc_dtype
+from hax_ssm.ops.common import acc_dtype, prefix_sum
 
 HASH_KINDS = {"sign_bin_lsh": "sign_bin", "argmax_lsh": "argmax"}
 
@@ -30,7 +30,7 @@ def center(x: Tensor, key_mask: Tensor | None, mode: str = "causal") -> Tensor:
     x = x.to(acc_dtype(x))
     m = torch.ones_like(x[..., :1]) if key_mask is None else key_mask[..., None].to(x.dtype)
     if mode == "causal":
-        mean = (x * m).cumsum(1) / m.cumsum(1).clamp_min(1)
+        mean = prefix_sum(x * m) / prefix_sum(m).clamp_min(1)
     elif mode == "sequence":
         mean = (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1)
     else:

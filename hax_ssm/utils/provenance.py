@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -13,7 +14,11 @@ from typing import Any
 
 
 def git_commit(repo: str | Path | None = None) -> str | None:
-    """The checked-out commit (with a '-dirty' suffix when the tree has changes), or None."""
+    """The checked-out commit (with a '-dirty' suffix when the tree has changes), or None.
+
+    HAX_GIT_COMMIT overrides it, for copies of a tree whose .git is not the source's (remote GPU runs)."""
+    if os.environ.get("HAX_GIT_COMMIT"):
+        return os.environ["HAX_GIT_COMMIT"]
     cwd = Path(repo) if repo else Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(

@@ -152,7 +152,7 @@ def flex(spec, q, k, v, extra):
         _FLEX["compiled"] = torch.compile(flex_attention)
     mask_mod, sw, sink = _flex_parts(spec.name)
     n = q.shape[1]
-    block = 128
+    block = 128  # n >= 3 * block: the benchmark's lengths start at 1024
     m = torch.arange(math.ceil(n / block), device=DEVICE, dtype=torch.int32)
     # kv blocks of q block m (k_c <= 128): window -> {m-1, m}; sink -> {0}; both -> {0, m-1, m}; causal
     if sw and sink:
@@ -162,6 +162,8 @@ def flex(spec, q, k, v, extra):
         idx, count = torch.stack([(m - 1).clamp_min(0), m], -1), torch.where(m == 0, 1, 2)
     else:
         idx, count = torch.zeros_like(m)[:, None], torch.ones_like(m)
+    # from_kv_blocks wants one column per kv block (it scatters into a dense [q blocks, kv blocks] map)
+    idx = F.pad(idx, (0, len(m) - idx.shape[-1]))
     mask = BlockMask.from_kv_blocks(
         count.to(torch.int32)[None, None], idx.to(torch.int32)[None, None].contiguous(), BLOCK_SIZE=block,
         mask_mod=mask_mod, seq_lengths=(n, n),

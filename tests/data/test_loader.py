@@ -1,4 +1,3 @@
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -8,6 +7,8 @@ from hax_ssm.data.commands import describe
 from hax_ssm.data.joint_recall import draw_samples, inquiry_key_mask
 from hax_ssm.data.storage import FEATURES
 from hax_ssm.data.tokens import PAD, REFERENCE_SCHEME, sequence_length
+
+datasets = pytest.importorskip("datasets")  # an extra on GPU machines without it
 
 
 def _stored_rows(path, split):

@@ -75,6 +75,30 @@ def test_graphed_steps_follow_eager_steps_across_shapes(monkeypatch):
 
 
 @pytest.mark.gpu
+def test_capture_survives_a_thread_that_pins_host_memory():
+    """The trainer's prefetch thread pins every batch, also while the main thread captures a step."""
+    import threading
+
+    _, step = _trainer()
+    graphs = StepGraphs(step, warmup=1)
+    stop = threading.Event()
+
+    def pin_forever():
+        while not stop.is_set():
+            torch.empty(1 << 16).pin_memory()
+
+    pinner = threading.Thread(target=pin_forever)
+    pinner.start()
+    try:
+        for ids, attn in _batches([128] * 4):
+            assert torch.isfinite(graphs(ids, attn))
+    finally:
+        stop.set()
+        pinner.join()
+    assert graphs.disabled_reason is None and graphs.num_graphs == 1
+
+
+@pytest.mark.gpu
 def test_a_step_that_syncs_runs_eagerly_with_a_reason():
     _, step = _trainer(arch="sliding_window+dilated")
 

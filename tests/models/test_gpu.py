@@ -1,6 +1,6 @@
 """The models on a CUDA device: bf16 follows fp32, gradients are finite, decoding matches.
 
-Run on a GPU machine with ``pytest -m gpu -p no:xdist tests/models``.
+Run on a GPU machine with ``pytest -m gpu -n 0 tests/models``.
 """
 
 import pytest

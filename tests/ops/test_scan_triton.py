@@ -1,6 +1,6 @@
 """The Triton selective scan (and SSD through it) against the loop references: outputs and gradients.
 
-GPU tests (``pytest -m gpu -p no:xdist tests/ops/test_scan_triton.py``) run the compiled kernels at
+GPU tests (``pytest -m gpu -n 0 tests/ops/test_scan_triton.py``) run the compiled kernels at
 real sizes, up to the paper's length 1058 and a 16K sequence split into segments. The same checks run
 on CPU tensors in Triton's interpreter, with small chunks and channel blocks so that short sequences
 still span several chunks, segments and channel blocks, when triton is installed and

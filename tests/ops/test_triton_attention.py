@@ -1,6 +1,6 @@
 """The Triton path against the dense oracle: outputs and gradients, every pattern and union.
 
-GPU tests (``pytest -m gpu -p no:xdist tests/ops/test_triton*.py``) run the compiled kernels at the
+GPU tests (``pytest -m gpu -n 0 tests/ops/test_triton*.py``) run the compiled kernels at the
 real tile sizes. The same checks run on CPU tensors in Triton's interpreter with small tiles when triton
 is installed and TRITON_INTERPRET=1 (``TRITON_INTERPRET=1 pytest -n 0 tests/ops/test_triton_attention.py``);
 the default CI run (no triton) skips both.

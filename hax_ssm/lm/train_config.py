@@ -15,7 +15,7 @@ from typing import Any
 from hax_ssm.errors import require
 from hax_ssm.train.config import RESUMABLE_CHANGES, TrainConfig
 
-LM_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "lm"
+LM_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "lm"
 LM_SIZES = ("tiny", "small")  # configs/lm/<base>_<size>.json: tiny for CPU tests, small (~27M) for one GPU
 LANGUAGE_HAX = "argmax_lsh+key_selection"  # what 'hax' means here (PAPER.md section 5)
 SIGN_BIN_NUM_HASH = 8  # the synthetic study's sign-bin LSH default

@@ -11,7 +11,7 @@ from hax_ssm.errors import HaxError, require
 from hax_ssm.models.configuration import CONFIG_CLASSES, HaxConfig
 from hax_ssm.models.modeling import MODEL_CLASSES, HaxForCausalLM
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # also reachable as configs/ at the repo root
 
 
 def preset_names() -> list[str]:

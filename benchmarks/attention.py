@@ -11,6 +11,7 @@ Triton against the dense reference, and the targets of issue 5.
     timeout 120 python benchmarks/attention.py --quick      # smoke run, ~1 min
     timeout 120 python benchmarks/attention.py --profile    # Triton HAX kernels by time, paper shape and 1M tokens
     timeout 400 python benchmarks/attention.py --tiles      # Triton HAX time under other tile sizes / warps
+    python benchmarks/attention.py --plot-only              # redraw the PNG from the JSON (no GPU needed)
 
 Prints one table; writes results/attention_benchmark.json (with provenance) and results/attention_benchmark.png.
 Cells predicted to exceed --cell-cap seconds per call, or past the --budget deadline, are skipped and
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import sys
 import time
@@ -359,7 +361,12 @@ def _k(n: int) -> str:
     return f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}K" if n >= 1 << 10 else str(n)
 
 
-def plot(cells: list[dict], tokens: int) -> bytes:
+# What the plot shows (the JSON has every cell): pattern -> colour; method -> line style
+PLOT_PATTERNS = {"hax": "C3", "key_selection": "C1", "sign_bin_lsh": "C2", "sliding_window+sink": "C0", "full": "C7"}
+PLOT_STYLES = {"triton": "-", "flex": "-.", "reference": ":", "sparse": "--"}
+
+
+def plot(cells: list[dict], tokens: int, device: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -370,24 +377,25 @@ def plot(cells: list[dict], tokens: int) -> bytes:
     for c in cells:
         if c["status"] == "ok" and c["B"] * c["L"] == tokens:
             series.setdefault((c["method"], c["pattern"]), []).append((c["L"], c["fwd_bwd_ms"], c["peak_gb"]))
-    styles = {"triton": "-", "sparse": "--", "reference": ":", "sdpa_flash": "-", "flex": "-."}
     for (method, arch), points in sorted(series.items()):
-        if method != "triton" and arch not in ("hax", "full", "sliding_window+sink", "sliding_window"):
+        if method == "sdpa_flash":
+            label, style, color = "SDPA flash: full causal", "-", "black"
+        elif arch in PLOT_PATTERNS and method in PLOT_STYLES and (method == "triton" or arch != "full"):
+            label, style, color = f"{method}: {arch}", PLOT_STYLES[method], PLOT_PATTERNS[arch]
+        else:
             continue
         points.sort()
         xs = [p[0] for p in points]
-        label = f"{method}: {arch}" if method != "sdpa_flash" else "SDPA flash: full causal"
-        color = "black" if method == "sdpa_flash" else None
-        left.plot(xs, [p[1] for p in points], styles[method], marker="o", label=label, color=color)
-        right.plot(xs, [p[2] for p in points], styles[method], marker="o", label=label, color=color)
+        for ax, column in ((left, 1), (right, 2)):
+            ax.plot(xs, [p[column] for p in points], style, marker="o", ms=3, label=label, color=color)
     for ax, ylabel in ((left, f"fwd+bwd ms per {_k(tokens)} tokens"), (right, "peak memory (GB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length L (B * L fixed)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-    left.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"sparse attention, one head, d_k={DK}, d_v={DV}, bf16, k={KEYS} ({torch.cuda.get_device_name()})")
+    left.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"sparse attention, one head, d_k={DK}, d_v={DV}, bf16, k={KEYS} ({device})")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -441,10 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="validate Triton against the reference first")
     parser.add_argument("--profile", action="store_true", help="only print the Triton HAX kernel breakdown")
     parser.add_argument("--tiles", action="store_true", help="only time the Triton HAX path under other tile sizes")
+    parser.add_argument("--plot-only", action="store_true", help="only redraw the PNG of an existing --out JSON")
     parser.add_argument("--budget", type=float, default=None, help="seconds before remaining cells are skipped")
     parser.add_argument("--cell-cap", type=float, default=2.0, help="skip cells predicted slower (s per call)")
     parser.add_argument("--out", type=Path, default=Path("results/attention_benchmark.json"))
     args = parser.parse_args(argv)
+    if args.plot_only:
+        result = json.loads(args.out.read_text())
+        png = plot(result["cells"], result["config"]["tokens"], result["provenance"]["device"])
+        atomic_write_bytes(args.out.with_suffix(".png"), png)
+        return 0
     if not torch.cuda.is_available():
         print("attention benchmark: needs a CUDA device", file=sys.stderr)
         return 2
@@ -542,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
-    atomic_write_bytes(args.out.with_suffix(".png"), plot(list(cells.values()), tokens))
+    atomic_write_bytes(args.out.with_suffix(".png"), plot(list(cells.values()), tokens, torch.cuda.get_device_name()))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')} in {time.monotonic() - t0:.0f} s")
     if runner.errors:
         print("Triton path errors:\n" + "\n".join(runner.errors), file=sys.stderr)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hax_ssm.ops.attention import sparse_attention
 from hax_ssm.ops.patterns import parse_sparse_arch
 from hax_ssm.utils.io import atomic_write_bytes, atomic_write_json
-from hax_ssm.utils.profiling import kernel_breakdown
+from hax_ssm.utils.profiling import cuda_ms, kernel_breakdown
 from hax_ssm.utils.provenance import provenance
 
 DK, DV, KEYS, NUM_HASH = 16, 128, 64, 8
@@ -187,16 +187,6 @@ METHODS = {
 # measurement
 
 
-def _elapsed_ms(fn: Callable, reps: int) -> float:
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / reps
-
-
 def _graphed(step: Callable) -> Callable:
     """step captured in a CUDA graph (no launch overhead); returns its replay."""
     stream = torch.cuda.Stream()
@@ -226,13 +216,13 @@ def measure(
     peak = torch.cuda.max_memory_allocated() / 1e9
     if graph:
         step = _graphed(step)
-    first = _elapsed_ms(step, 1)
+    first = cuda_ms(step, 1)
     reps = max(1, min(10, int(per_cell_s * 1e3 / max(first, 1e-3))))
-    result = {"fwd_bwd_ms": _elapsed_ms(step, reps) if reps > 1 else first, "peak_gb": peak}
+    result = {"fwd_bwd_ms": cuda_ms(step, reps) if reps > 1 else first, "peak_gb": peak}
     if with_forward:
         with torch.no_grad():
             fwd()
-            result["fwd_ms"] = _elapsed_ms(fwd, reps)
+            result["fwd_ms"] = cuda_ms(fwd, reps)
     return result
 
 
@@ -325,7 +315,7 @@ def copy_bandwidth_gbps() -> float:
     src = torch.empty(1 << 29, dtype=torch.bfloat16, device=DEVICE)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    ms = _elapsed_ms(lambda: dst.copy_(src), 5)
+    ms = cuda_ms(lambda: dst.copy_(src), 5)
     return 2 * src.numel() * 2 / (ms * 1e-3) / 1e9
 
 
@@ -412,7 +402,7 @@ def profile(arch: str = "hax") -> None:
         print(kernel_breakdown(step, steps=10).table(f"\ntriton {arch} B={b} L={n}"))
 
 
-# (queries per block, keys per tile, warps, pipeline stages); the first is the current default at d_v 128
+# (queries per block, keys per tile, warps, pipeline stages); the 4th is the default at d_v <= 128, the 1st the former
 TILE_CONFIGS = (
     (64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 4, 1), (64, 64, 4, 3), (64, 32, 4, 2),
     (32, 64, 4, 2), (32, 32, 4, 2), (32, 64, 2, 2), (128, 64, 8, 2), (128, 32, 8, 2), (16, 64, 2, 2),
@@ -421,17 +411,17 @@ TILE_CONFIGS = (
 
 def sweep_tiles(arch: str = "hax") -> list[dict]:
     """Graphed forward+backward of the Triton path under each tile config, at the paper's shape and 1M tokens."""
-    import hax_ssm.ops.attention.triton.attention as triton_attention
+    from hax_ssm.ops.attention.triton.attention import tile_sizes
     from hax_ssm.ops.attention.triton.index import Blocks
 
     rows = []
     for bq, bk, warps, stages in TILE_CONFIGS:
-        triton_attention.BLOCKS_OVERRIDE = Blocks(q=bq, k=bk, warps=warps, stages=stages)
         row = {"q": bq, "k": bk, "warps": warps, "stages": stages}
         for n, b in ((1058, 64), (1 << 14, 64)):
             spec, q, k, v, extra, grad = make_case(arch, n, b)
             try:
-                timed = measure(op_method("triton")(spec, q, k, v, extra), grad, 0.3, False, True)
+                with tile_sizes(Blocks(q=bq, k=bk, warps=warps, stages=stages)):
+                    timed = measure(op_method("triton")(spec, q, k, v, extra), grad, 0.3, False, True)
                 row[f"L{n}_ms"] = timed["fwd_bwd_ms"]
             except Exception as err:  # a config that does not compile or fit is reported, not fatal
                 row[f"L{n}_ms"] = None
@@ -439,7 +429,6 @@ def sweep_tiles(arch: str = "hax") -> list[dict]:
         print("  " + "  ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
                                for key, value in row.items()), flush=True)  # fmt: skip
         rows.append(row)
-    triton_attention.BLOCKS_OVERRIDE = None
     return rows
 
 

@@ -46,7 +46,7 @@ from hax_ssm.models import build_model
 from hax_ssm.ops.common import triton_importable
 from hax_ssm.train.schedule import build_adamw
 from hax_ssm.utils.io import atomic_write_bytes, atomic_write_json
-from hax_ssm.utils.profiling import kernel_breakdown
+from hax_ssm.utils.profiling import cuda_ms, kernel_breakdown
 from hax_ssm.utils.provenance import provenance
 from hax_ssm.utils.step_graphs import StepGraphs
 
@@ -249,13 +249,7 @@ def time_op(run: Callable[[], Any], reps: int = 10) -> tuple[float, float]:
         run()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps, torch.cuda.max_memory_allocated() / 2**30
+    return cuda_ms(run, reps), torch.cuda.max_memory_allocated() / 2**30
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Where a GPU step's time goes: torch.profiler's kernels grouped by name, as a printable table."""
+"""GPU timing for the benchmarks: CUDA-event timing, and torch.profiler's kernels grouped by name as a table."""
 
 from __future__ import annotations
 
@@ -25,6 +25,19 @@ class KernelBreakdown:
         for name, ms, calls in self.top:
             lines.append(f"  {name[:80]:<80} {ms:8.3f} {calls:10.1f} {ms / max(self.gpu_ms, 1e-9):6.1%}")
         return "\n".join(lines)
+
+
+def cuda_ms(fn: Callable[[], object], reps: int) -> float:
+    """Milliseconds per call of ``fn`` on the current CUDA stream: CUDA events around ``reps`` calls."""
+    import torch
+
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / reps
 
 
 def kernel_breakdown(step: Callable[[int], object], steps: int = 5, top: int = 20) -> KernelBreakdown:

@@ -6,7 +6,6 @@ is installed and TRITON_INTERPRET=1 (``TRITON_INTERPRET=1 pytest -n 0 tests/ops/
 the default CI run (no triton) skips both.
 """
 
-import contextlib
 import importlib.util
 import os
 
@@ -26,18 +25,12 @@ interpreter = pytest.mark.skipif(
 )
 
 
-@contextlib.contextmanager
 def tiles(**sizes):
     """Run the kernels with other tile sizes (small ones give many blocks, chunks and items at small L)."""
-    import hax_ssm.ops.attention.triton.attention as attention
+    from hax_ssm.ops.attention.triton.attention import tile_sizes
     from hax_ssm.ops.attention.triton.index import Blocks
 
-    old = attention.BLOCKS_OVERRIDE
-    attention.BLOCKS_OVERRIDE = Blocks(**sizes)
-    try:
-        yield
-    finally:
-        attention.BLOCKS_OVERRIDE = old
+    return tile_sizes(Blocks(**sizes))
 
 
 SMALL_TILES = {"q": 16, "k": 16, "chunk": 2, "item": 2}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +30,25 @@ from hax_ssm.ops.patterns import SparseSpec
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 if INTERPRET:
     patch_triton_interpreter()
-# Tests set this to small tiles so that short sequences still span many blocks, chunks and items.
-BLOCKS_OVERRIDE: Blocks | None = None
+BLOCKS_OVERRIDE: Blocks | None = None  # set through tile_sizes()
 SEGMENT_ROWS = 16  # partial rows summed per step of segment_reduce
 
 
 def padded(d: int) -> int:
     """Head sizes are padded to a power of two >= 16 (tl.dot's minimum), with masked loads."""
     return max(16, triton.next_power_of_2(d))
+
+
+@contextlib.contextmanager
+def tile_sizes(blocks: Blocks) -> Iterator[None]:
+    """Run the kernels with other tiles: small ones make short test sequences span many blocks, chunks
+    and items; the benchmark's --tiles sweep times the candidates for the defaults."""
+    global BLOCKS_OVERRIDE
+    old, BLOCKS_OVERRIDE = BLOCKS_OVERRIDE, blocks
+    try:
+        yield
+    finally:
+        BLOCKS_OVERRIDE = old
 
 
 def choose_blocks(dvp: int, dtype: torch.dtype) -> Blocks:

@@ -1,5 +1,7 @@
 """StepGraphs: a graphed training step computes what the eager one does; syncs and CPU fall back to eager."""
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,8 +79,6 @@ def test_graphed_steps_follow_eager_steps_across_shapes(monkeypatch):
 @pytest.mark.gpu
 def test_capture_survives_a_thread_that_pins_host_memory():
     """The trainer's prefetch thread pins every batch, also while the main thread captures a step."""
-    import threading
-
     _, step = _trainer()
     graphs = StepGraphs(step, warmup=1)
     stop = threading.Event()

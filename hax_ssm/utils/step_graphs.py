@@ -114,8 +114,9 @@ class StepGraphs:
             self._pool = torch.cuda.graph_pool_handle()
         try:
             # thread_local: a loader thread may pin host memory meanwhile (legal there, fatal in "global" mode)
-            mode = "thread_local"
-            with torch.cuda.graph(graph, pool=self._pool, stream=self._side_stream(), capture_error_mode=mode):
+            with torch.cuda.graph(
+                graph, pool=self._pool, stream=self._side_stream(), capture_error_mode="thread_local"
+            ):
                 outputs = self.step(*static)
         except Exception as err:  # e.g. an op that cannot be captured: run eagerly from now on
             self.disabled_reason = f"capture failed: {type(err).__name__}: {str(err).splitlines()[0]}"

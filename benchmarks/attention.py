@@ -22,6 +22,7 @@ recorded as such; a baseline that fails (OOM, FlexAttention errors) is recorded,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -66,6 +67,8 @@ QUICK_LENGTHS = (1 << 10, 1 << 14)
 QUICK_PATTERNS = ("full", "sliding_window+sink", "hax")
 RESERVE_S = {"flex": 60.0}  # a FlexAttention cell may compile for a minute: start it only with that much left
 SPARSE_MAX_LENGTH = 1 << 12  # the plain-torch path is timed up to this length
+CROSSOVER_LENGTHS = (1024, 2048, 3072, 4096, 8192)  # masked against gathered Triton path, HAX
+CROSSOVER_TOKENS = 1 << 16
 
 
 class Skip(Exception):
@@ -103,9 +106,24 @@ def make_case(arch: str, n: int, b: int, seed: int = 0) -> tuple:
 # A method builds (run, leaves): run() computes the attention output, leaves are the tensors to differentiate.
 
 
-def op_method(impl: str) -> Callable:
+def forced(path: str):
+    """force_path(path) of the Triton path (imported only here: --plot-only needs no triton)."""
+    if path == "auto":
+        return contextlib.nullcontext()
+    from hax_ssm.ops.attention.triton.attention import force_path
+
+    return force_path(path)
+
+
+def op_method(impl: str, path: str = "auto") -> Callable:
+    """Our op; path forces the Triton path's gathered (O(L * k)) or masked (every causal tile) kernels."""
+
     def build(spec, q, k, v, extra):
-        return (lambda: sparse_attention(q, k, v, spec, impl=impl, **extra)), (q, k, v)
+        def run():
+            with forced(path):
+                return sparse_attention(q, k, v, spec, impl=impl, **extra)
+
+        return run, (q, k, v)
 
     return build
 
@@ -176,6 +194,8 @@ def flex(spec, q, k, v, extra):
 
 METHODS = {
     "triton": op_method("triton"),
+    "triton_gathered": op_method("triton", "gathered"),
+    "triton_masked": op_method("triton", "masked"),
     "sparse": op_method("sparse"),
     "reference": op_method("reference"),
     "sdpa_flash": sdpa_flash,
@@ -269,7 +289,7 @@ class Runner:
         except Exception as err:  # a baseline may fail; ours may not (reported, exit status 1)
             cell["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             self.failed.add((method, arch))
-            if base == "triton":
+            if base.startswith("triton"):
                 self.errors.append(f"{arch} L={n}: {traceback.format_exc()}")
         finally:
             torch.cuda.empty_cache()
@@ -286,12 +306,14 @@ class Runner:
 def check_correctness() -> list[str]:
     """Triton against the dense reference (bf16 inputs) at a few shapes; returns failures."""
     failures = []
-    for arch, n, b in (
-        ("hax", 1058, 4),
-        ("sliding_window+sink+dilated+sign_bin_lsh+key_selection", 4099, 2),
-        ("full", 257, 2),
-        ("dilated", 1000, 2),
-        ("argmax_lsh+key_selection", 3000, 2),
+    for path, arch, n, b in (
+        ("auto", "hax", 1058, 4),
+        ("gathered", "hax", 1058, 4),
+        ("auto", "sliding_window+sink+dilated+sign_bin_lsh+key_selection", 4099, 2),
+        ("masked", "sliding_window+sink+dilated+sign_bin_lsh+key_selection", 2047, 2),
+        ("auto", "full", 257, 2),
+        ("auto", "dilated", 1000, 2),
+        ("auto", "argmax_lsh+key_selection", 3000, 2),
     ):
         spec, q, k, v, extra, grad = make_case(arch, n, b, seed=1)
         b, n = q.shape[:2]
@@ -299,14 +321,15 @@ def check_correctness() -> list[str]:
         mask = torch.arange(n, device=DEVICE)[None] < lengths[:, None]
         results = []
         for impl in ("triton", "reference"):
-            out = sparse_attention(q, k, v, spec, impl=impl, attention_mask=mask, **extra)
+            with forced(path):
+                out = sparse_attention(q, k, v, spec, impl=impl, attention_mask=mask, **extra)
             results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
         for name, a, e in zip(("out", "dq", "dk", "dv"), *results, strict=True):
             err = (a.float() - e.float()).abs().max().item() / max(1.0, e.float().abs().max().item())
             ok = bool(torch.isfinite(a).all()) and err < 3e-2
-            print(f"  check {arch:<26} L={n:>5} {name}: relative error {err:.1e} {'ok' if ok else 'FAIL'}")
+            print(f"  check {path:<8} {arch:<26} L={n:>5} {name}: relative error {err:.1e} {'ok' if ok else 'FAIL'}")
             if not ok:
-                failures.append(f"{arch} L={n} {name}: {err:.2e}")
+                failures.append(f"{path} {arch} L={n} {name}: {err:.2e}")
     return failures
 
 
@@ -393,13 +416,13 @@ def plot(cells: list[dict], tokens: int, device: str) -> bytes:
 
 
 def profile(arch: str = "hax") -> None:
-    """Which kernels the Triton path's forward+backward spends its time in."""
-    for n, b in ((1058, 64), (1 << 14, 64)):
+    """Which kernels the Triton path's forward+backward spends its time in (both paths at the paper's shape)."""
+    for method, n, b in (("triton_masked", 1058, 64), ("triton_gathered", 1058, 64), ("triton", 1 << 14, 64)):
         spec, q, k, v, extra, grad = make_case(arch, n, b)
-        fwd, leaves = op_method("triton")(spec, q, k, v, extra)
+        fwd, leaves = METHODS[method](spec, q, k, v, extra)
         step = lambda _, fwd=fwd, leaves=leaves, grad=grad: torch.autograd.grad(fwd(), leaves, grad)
         step(0)
-        print(kernel_breakdown(step, steps=10).table(f"\ntriton {arch} B={b} L={n}"))
+        print(kernel_breakdown(step, steps=10).table(f"\n{method} {arch} B={b} L={n}"))
 
 
 # (queries per block, keys per tile, warps, pipeline stages); the 4th is the default at d_v <= 128, the 1st the former
@@ -472,8 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(budget - (time.monotonic() - t0), args.cell_cap, per_cell_s=0.3 if args.quick else 0.5)
 
     print("paper shape: B=64, L=1058, HAX")
-    paper = {m: runner.run(m, "hax", 1058, 64, with_forward=m == "triton") for m in ("triton", "reference")}
-    paper.update({f"{m}+graph": runner.run(m, "hax", 1058, 64, graph=True) for m in ("triton", "reference")})
+    paper_methods = ("triton", "triton_gathered", "reference")
+    paper = {m: runner.run(m, "hax", 1058, 64, with_forward=m.startswith("triton")) for m in paper_methods}
+    paper.update({f"{m}+graph": runner.run(m, "hax", 1058, 64, graph=True) for m in paper_methods})
+    print(f"crossover of the Triton paths: HAX, B * L = {CROSSOVER_TOKENS} tokens, graphed")
+    crossover = [runner.run(m, "hax", n, CROSSOVER_TOKENS // n, graph=True) for n in CROSSOVER_LENGTHS
+                 for m in ("triton_masked", "triton_gathered")]  # fmt: skip
     grid = [(m, a, n) for m in ("triton",) for n in lengths for a in patterns]
     grid += [(m, "full", n) for m in ("sdpa_flash",) for n in lengths]
     grid += [("reference", a, n) for n in lengths for a in patterns]
@@ -494,13 +521,18 @@ def main(argv: list[str] | None = None) -> int:
     def ok(c):
         return c is not None and c["status"] == "ok"
 
-    report = {"paper_shape": {}, "targets": {}, "bandwidth": {"copy_GBps": bandwidth, "cells": []}}
-    report["paper_shape"] = dict(paper)
-    for suffix in ("", "+graph"):
-        fast, slow = paper[f"triton{suffix}"], paper[f"reference{suffix}"]
-        if ok(fast) and ok(slow):
-            speedup = slow["fwd_bwd_ms"] / fast["fwd_bwd_ms"]
-            report["targets"][f"paper_speedup_vs_reference{suffix.replace('+', '_')}>=20"] = speedup
+    from hax_ssm.ops.attention.triton.attention import MASKED_MAX_LENGTH
+
+    report = {"paper_shape": dict(paper), "crossover": crossover, "masked_max_length": MASKED_MAX_LENGTH,
+              "targets": {}, "speedups": {}, "bandwidth": {"copy_GBps": bandwidth, "cells": []}}  # fmt: skip
+    for method in ("triton", "triton_gathered"):
+        for suffix in ("", "+graph"):
+            fast, slow = paper[f"{method}{suffix}"], paper[f"reference{suffix}"]
+            if ok(fast) and ok(slow):
+                name = f"paper_speedup_{method}{suffix.replace('+', '_')}_vs_reference"
+                # the target is the op as users run it (auto path); the gathered path's figure is for reference
+                group = "targets" if method == "triton" else "speedups"
+                report[group][name + (">=20" if group == "targets" else "")] = slow["fwd_bwd_ms"] / fast["fwd_bwd_ms"]
     long_n, mid_n = lengths[-1], (1 << 14)
     long_, mid = cells.get(("triton", "hax", long_n)), cells.get(("triton", "hax", mid_n))
     if ok(long_):
@@ -528,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for key, value in report["targets"].items():
         print(f"target {key}: {value:.2f}")
+    for key, value in report["speedups"].items():
+        print(f"{key}: {value:.2f}")
     for entry in report["bandwidth"]["cells"]:
         if entry["pattern"] == "hax":
             print(

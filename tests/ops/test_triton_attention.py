@@ -25,6 +25,16 @@ interpreter = pytest.mark.skipif(
 )
 
 
+PATHS = pytest.mark.parametrize("path", ["gathered", "masked"])
+
+
+def on_path(path):
+    """Force the gathered (O(L * k)) or the masked (every causal tile) path, whatever the pattern and length."""
+    from hax_ssm.ops.attention.triton.attention import force_path
+
+    return force_path(path)
+
+
 def tiles(**sizes):
     """Run the kernels with other tile sizes (small ones give many blocks, chunks and items at small L)."""
     from hax_ssm.ops.attention.triton.attention import tile_sizes
@@ -86,19 +96,21 @@ def assert_matches(actual, expected, dtype):
         assert err <= TOL[dtype], f"{name}: relative error {err:.2e} > {TOL[dtype]:.0e}"
 
 
-def check(arch, n, *, device, dtype=torch.float32, keys_per_part=4, **inputs):
+def check(arch, n, *, device, dtype=torch.float32, keys_per_part=4, path="auto", **inputs):
     spec = make_spec(arch, n, keys_per_part)
     (q, k, v, grad), extra = make_inputs(spec, n, device=device, dtype=dtype, **inputs)
-    actual = run("triton", spec, q, k, v, extra, grad)
+    with on_path(path):
+        actual = run("triton", spec, q, k, v, extra, grad)
     assert_matches(actual, oracle(spec, q, k, v, extra, grad), dtype)
     return actual
 
 
-def check_causal(arch, n, t, *, device):
+def check_causal(arch, n, t, *, device, path):
     """Changing every input after position t (tokens, buckets, scores, padding) never changes outputs <= t."""
     spec = make_spec(arch, n, 8)
     (q, k, v, _), extra = make_inputs(spec, n, device=device, dtype=torch.float32)
-    out = sparse_attention(q, k, v, spec, impl="triton", **extra)
+    with on_path(path):
+        out = sparse_attention(q, k, v, spec, impl="triton", **extra)
     future = torch.arange(n, device=device) > t
     q2, k2, v2 = (torch.where(future[None, :, None], torch.randn_like(x), x) for x in (q, k, v))
     extra2 = dict(extra)
@@ -106,9 +118,48 @@ def check_causal(arch, n, t, *, device):
         extra2[name] = torch.where(future, torch.randint_like(extra[name], 0, 8), extra[name])
     extra2["key_scores"] = torch.where(future, torch.randn_like(extra["key_scores"]) * 10, extra["key_scores"])
     extra2["attention_mask"] = extra["attention_mask"] | future
-    out2 = sparse_attention(q2, k2, v2, spec, impl="triton", **extra2)
+    with on_path(path):
+        out2 = sparse_attention(q2, k2, v2, spec, impl="triton", **extra2)
     torch.testing.assert_close(out2[:, : t + 1], out[:, : t + 1], rtol=0, atol=1e-6)
     assert not torch.allclose(out2[:, t + 1 :], out[:, t + 1 :])  # the change did reach the later outputs
+
+
+def check_masked_index(n, k_c, bq, *, device):
+    """The masked path's index kernels against their torch twins: packed scores, thresholds, LSH counts."""
+    from hax_ssm.ops.attention.triton.index import Blocks, Parts, ks_thresholds, pack_scores, prefix_topk_blocks
+    from hax_ssm.ops.attention.triton.masked import make_masked_plan
+    from hax_ssm.ops.lsh import lsh_candidates
+
+    spec = parse_sparse_arch("hax", sparse_keys=2 * k_c, num_hash=2)
+    mask = torch.arange(n)[None] < torch.tensor([n, n // 2, n])[:, None]
+    mask[2, : n // 3] = False  # left padding
+    mask[0, n // 2] = False  # a hole
+    scores = torch.randint(-3, 4, (3, n)).float() / 2  # heavy ties, -0.0 and +0.0
+    qb, kb = torch.randint(0, 4, (2, 3, n))
+    mask, scores, qb, kb = (x.to(device) for x in (mask, scores, qb, kb))
+    plan = make_masked_plan(Parts.of(spec), Blocks(q=bq, k=bq), {}, mask, qb, kb, -scores)
+    packed = pack_scores(-scores, mask)
+    assert torch.equal(plan.packed, packed)
+    assert torch.equal(plan.threshold, ks_thresholds(packed, prefix_topk_blocks(packed, k_c, 16), k_c, 16))
+    expected = lsh_candidates(qb, kb, mask, k_c)
+    assert torch.equal(plan.q_count.long(), expected.q_count)
+    assert torch.equal(plan.k_rank.long(), expected.k_rank)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_auto_path_masks_short_sequences_with_lsh_or_key_selection():
+    from hax_ssm.ops.attention.triton.attention import MASKED_MAX_LENGTH, force_path, uses_masked
+    from hax_ssm.ops.attention.triton.index import Parts
+
+    hax, window = (Parts.of(parse_sparse_arch(arch)) for arch in ("hax", "sliding_window+sink"))
+    assert uses_masked(hax, MASKED_MAX_LENGTH) and not uses_masked(hax, MASKED_MAX_LENGTH + 1)
+    assert not uses_masked(window, 64)
+    with force_path("masked"):
+        assert uses_masked(window, 1 << 20)
+    with force_path("gathered"):
+        assert not uses_masked(hax, 64)
+    with pytest.raises(ValueError, match="allowed: auto, gathered, masked"), force_path("dense"):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -118,57 +169,70 @@ def check_causal(arch, n, t, *, device):
 @interpreter
 @pytest.mark.parametrize("n", [1, 9, 70])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_interpreter_matches_reference(arch, n):
+@PATHS
+def test_interpreter_matches_reference(arch, n, path):
     torch.manual_seed(n)
     with tiles(**SMALL_TILES):
-        check(arch, n, device="cpu", batch=2)
+        check(arch, n, device="cpu", batch=2, path=path)
 
 
 @interpreter
-def test_interpreter_values_wider_than_one_launch(monkeypatch):
+@PATHS
+def test_interpreter_values_wider_than_one_launch(monkeypatch, path):
     """d_v above MAX_DV runs in channel slices (here 16 wide: 40 = 16 + 16 + 8), outputs and gradients exact."""
     import hax_ssm.ops.attention.triton as triton_path
 
     monkeypatch.setattr(triton_path, "MAX_DV", 16)
     torch.manual_seed(3)
     with tiles(**SMALL_TILES):
-        check("hax", 40, device="cpu", batch=2, dv=40)
+        check("hax", 40, device="cpu", batch=2, dv=40, path=path)
 
 
 @interpreter
 @pytest.mark.parametrize("arch", UNIONS)
-def test_interpreter_budget_wider_than_tiles(arch):
+@PATHS
+def test_interpreter_budget_wider_than_tiles(arch, path):
     """k_c = 24 > 16-row tiles: windows span blocks, prefix lists span several tiles."""
     torch.manual_seed(3)
     with tiles(**SMALL_TILES):
-        check(arch, 90, device="cpu", batch=2, keys_per_part=24)
+        check(arch, 90, device="cpu", batch=2, keys_per_part=24, path=path)
 
 
 @interpreter
 @pytest.mark.parametrize("arch", ARCHS)
-def test_interpreter_causal(arch):
+@PATHS
+def test_interpreter_causal(arch, path):
     torch.manual_seed(8)
     with tiles(**SMALL_TILES):
-        check_causal(arch, 40, 23, device="cpu")
+        check_causal(arch, 40, 23, device="cpu", path=path)
 
 
 @interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("arch", ["hax", "sliding_window+sink+dilated+sign_bin_lsh+key_selection"])
-def test_interpreter_half_precision_and_left_padding(arch, dtype):
+@PATHS
+def test_interpreter_half_precision_and_left_padding(arch, dtype, path):
     torch.manual_seed(0)
     with tiles(**SMALL_TILES):
-        check(arch, 50, device="cpu", dtype=dtype, padding="left", dk=32, dv=16)
+        check(arch, 50, device="cpu", dtype=dtype, padding="left", dk=32, dv=16, path=path)
 
 
 @interpreter
 @pytest.mark.parametrize("arch", ["dilated", "sink+dilated", "sliding_window+dilated"])
-def test_interpreter_dilation_longer_than_the_sequence(arch):
+@PATHS
+def test_interpreter_dilation_longer_than_the_sequence(arch, path):
     """r = 2048 // 4 = 512 > L: no dilated key at all (and the first queries may see nothing)."""
     spec = parse_sparse_arch(arch, sparse_keys=4 * len(arch.split("+")), data_max_length=2048)
     (q, k, v, grad), extra = make_inputs(spec, 40, device="cpu", dtype=torch.float32, batch=2)
-    with tiles(**SMALL_TILES):
+    with tiles(**SMALL_TILES), on_path(path):
         assert_matches(run("triton", spec, q, k, v, extra, grad), oracle(spec, q, k, v, extra, grad), torch.float32)
+
+
+@interpreter
+@pytest.mark.parametrize(("n", "k_c", "bq"), [(1, 4, 16), (70, 4, 16), (90, 24, 16), (130, 5, 32)])
+def test_interpreter_masked_index(n, k_c, bq):
+    torch.manual_seed(n)
+    check_masked_index(n, k_c, bq, device="cpu")
 
 
 @interpreter
@@ -179,7 +243,7 @@ def test_interpreter_lsh_items_with_many_queries_per_key():
     (q, k, v, grad), extra = make_inputs(spec, 80, device="cpu", dtype=torch.float32, batch=2)
     extra["q_buckets"][:, 30:] = 7
     extra["k_buckets"][:, [3, 5]] = 7
-    with tiles(**SMALL_TILES):
+    with tiles(**SMALL_TILES), on_path("gathered"):
         assert_matches(run("triton", spec, q, k, v, extra, grad), oracle(spec, q, k, v, extra, grad), torch.float32)
 
 
@@ -193,26 +257,29 @@ gpu = pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n", [1, 7, 63, 257, 1058, 4099])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_gpu_matches_reference(arch, n, dtype):
+@PATHS
+def test_gpu_matches_reference(arch, n, dtype, path):
     torch.manual_seed(n)
-    check(arch, n, device="cuda", dtype=dtype)
+    check(arch, n, device="cuda", dtype=dtype, path=path)
 
 
 @gpu
 @pytest.mark.parametrize("arch", ARCHS)
-def test_gpu_paper_budget_left_padding(arch):
+@PATHS
+def test_gpu_paper_budget_left_padding(arch, path):
     torch.manual_seed(1)
     keys_per_part = 64 // len(parse_sparse_arch(arch, sparse_keys=60).parts)
-    check(arch, 1058, device="cuda", dtype=torch.bfloat16, keys_per_part=keys_per_part, padding="left")
+    check(arch, 1058, device="cuda", dtype=torch.bfloat16, keys_per_part=keys_per_part, padding="left", path=path)
 
 
 @gpu
 @pytest.mark.parametrize("arch", ARCHS)
-def test_gpu_small_tiles(arch):
+@PATHS
+def test_gpu_small_tiles(arch, path):
     """Many blocks, chunks and LSH items at a modest length (another kernel specialisation)."""
     torch.manual_seed(2)
     with tiles(**SMALL_TILES):
-        check(arch, 257, device="cuda", dtype=torch.float32)
+        check(arch, 257, device="cuda", dtype=torch.float32, path=path)
 
 
 @gpu
@@ -230,8 +297,9 @@ def test_gpu_language_model_width_runs_in_slices():
 
 
 @gpu
-def test_gpu_fp32_widest_head_fits():
-    check("hax", 300, device="cuda", dtype=torch.float32, dk=64, dv=256, keys_per_part=16)
+@PATHS
+def test_gpu_fp32_widest_head_fits(path):
+    check("hax", 300, device="cuda", dtype=torch.float32, dk=64, dv=256, keys_per_part=16, path=path)
 
 
 @gpu
@@ -256,24 +324,29 @@ def test_gpu_lsh_items_with_many_queries_per_key():
     spec = parse_sparse_arch("argmax_lsh+key_selection", sparse_keys=64, num_hash=2)
     (q, k, v, grad), extra = make_inputs(spec, n, device="cuda", dtype=torch.float32, batch=1)
     extra["attention_mask"][:, n // 4 :] = False
-    assert_matches(run("triton", spec, q, k, v, extra, grad), oracle(spec, q, k, v, extra, grad), torch.float32)
+    with on_path("gathered"):
+        actual = run("triton", spec, q, k, v, extra, grad)
+    assert_matches(actual, oracle(spec, q, k, v, extra, grad), torch.float32)
 
 
 @gpu
 @pytest.mark.parametrize("arch", ["hax", "sliding_window+sink+dilated+sign_bin_lsh+key_selection"])
-def test_gpu_backward_is_deterministic(arch):
+@PATHS
+def test_gpu_backward_is_deterministic(arch, path):
     torch.manual_seed(5)
     spec = make_spec(arch, 4099, 32)
     (q, k, v, grad), extra = make_inputs(spec, 4099, device="cuda", dtype=torch.bfloat16)
-    first = run("triton", spec, q, k, v, extra, grad)
-    second = run("triton", spec, q, k, v, extra, grad)
+    with on_path(path):
+        first = run("triton", spec, q, k, v, extra, grad)
+        second = run("triton", spec, q, k, v, extra, grad)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
 
 
 @gpu
 @pytest.mark.parametrize("arch", ["hax", "sliding_window+sink+dilated+sign_bin_lsh+key_selection"])
-def test_gpu_forward_backward_capture_in_a_cuda_graph(arch):
+@PATHS
+def test_gpu_forward_backward_capture_in_a_cuda_graph(arch, path):
     """No host sync anywhere (index work included): the op replays in a CUDA graph, with new inputs."""
     torch.manual_seed(7)
     spec = make_spec(arch, 1058, 32)
@@ -281,7 +354,8 @@ def test_gpu_forward_backward_capture_in_a_cuda_graph(arch):
     q, k, v = (x.requires_grad_() for x in (q, k, v))
 
     def step():
-        out = sparse_attention(q, k, v, spec, impl="triton", **extra)
+        with on_path(path):
+            out = sparse_attention(q, k, v, spec, impl="triton", **extra)
         return (out, *torch.autograd.grad(out, (q, k, v), grad))
 
     stream = torch.cuda.Stream()
@@ -303,8 +377,9 @@ def test_gpu_forward_backward_capture_in_a_cuda_graph(arch):
 
 @gpu
 @pytest.mark.parametrize("arch", ARCHS)
-def test_gpu_causal(arch):
-    check_causal(arch, 300, 170, device="cuda")
+@PATHS
+def test_gpu_causal(arch, path):
+    check_causal(arch, 300, 170, device="cuda", path=path)
 
 
 @gpu

@@ -24,6 +24,7 @@ from hax_ssm.ops.attention.triton.index import (
     lsh_index,
     lsh_items,
 )
+from hax_ssm.ops.attention.triton.masked import MaskedPlan, make_masked_plan, masked_backward, masked_forward
 from hax_ssm.ops.common import patch_triton_interpreter
 from hax_ssm.ops.patterns import SparseSpec
 
@@ -32,6 +33,12 @@ if INTERPRET:
     patch_triton_interpreter()
 BLOCKS_OVERRIDE: Blocks | None = None  # set through tile_sizes()
 SEGMENT_ROWS = 16  # partial rows summed per step of segment_reduce
+# Sequences up to this length with an LSH or key-selection part run on the masked path (masked.py): every
+# causal tile with the pattern as a predicate beats the gathered path's index work there (measured:
+# benchmarks/attention.py --crossover).
+MASKED_MAX_LENGTH = 2048
+PATHS = ("auto", "gathered", "masked")
+PATH_OVERRIDE = "auto"  # set through force_path()
 
 
 def padded(d: int) -> int:
@@ -49,6 +56,26 @@ def tile_sizes(blocks: Blocks) -> Iterator[None]:
         yield
     finally:
         BLOCKS_OVERRIDE = old
+
+
+@contextlib.contextmanager
+def force_path(path: str) -> Iterator[None]:
+    """Run every pattern on one path ("gathered": O(L * k), "masked": every causal tile) or the default
+    choice ("auto", see :func:`uses_masked`): for tests and to time both paths at one length."""
+    global PATH_OVERRIDE
+    if path not in PATHS:
+        raise ValueError(f"path {path!r}: allowed: {', '.join(PATHS)}")
+    old, PATH_OVERRIDE = PATH_OVERRIDE, path
+    try:
+        yield
+    finally:
+        PATH_OVERRIDE = old
+
+
+def uses_masked(parts: Parts, n: int) -> bool:
+    if PATH_OVERRIDE != "auto":
+        return PATH_OVERRIDE == "masked"
+    return bool(parts.lsh or parts.ks) and n <= MASKED_MAX_LENGTH
 
 
 def choose_blocks(dvp: int, dtype: torch.dtype) -> Blocks:
@@ -113,11 +140,13 @@ def make_plan(
     q_buckets: Tensor | None,
     k_buckets: Tensor | None,
     key_scores: Tensor | None,
-) -> Plan:
+) -> Plan | MaskedPlan:
     parts = Parts.of(spec)
     n, dk = q.shape[1:]
     dims = {"DK": dk, "DV": v.shape[-1], "DKP": padded(dk), "DVP": padded(v.shape[-1]), "PREC": precision(q.dtype)}
     blocks = choose_blocks(dims["DVP"], q.dtype)
+    if uses_masked(parts, n):
+        return make_masked_plan(parts, blocks, dims, key_mask, q_buckets, k_buckets, key_scores)
     nb = cdiv(n, blocks.q)
     device = q.device
     i64 = torch.zeros(1, dtype=torch.int64, device=device)  # stands in for buffers of absent parts
@@ -246,8 +275,8 @@ def _far_dkdv(
 
 class TritonSparseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, plan: Plan) -> Tensor:
-        out, lse = forward(q, k, v, plan)
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, plan: Plan | MaskedPlan) -> Tensor:
+        out, lse = (masked_forward if isinstance(plan, MaskedPlan) else forward)(q, k, v, plan)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan = plan
         return out
@@ -255,7 +284,8 @@ class TritonSparseAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, out, lse = ctx.saved_tensors
-        return (*backward(q, k, v, out, lse, grad_out, ctx.plan), None)
+        run = masked_backward if isinstance(ctx.plan, MaskedPlan) else backward
+        return (*run(q, k, v, out, lse, grad_out, ctx.plan), None)
 
 
 def _last_dim_contiguous(x: Tensor) -> Tensor:

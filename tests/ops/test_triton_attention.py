@@ -124,26 +124,20 @@ def check_causal(arch, n, t, *, device, path):
     assert not torch.allclose(out2[:, t + 1 :], out[:, t + 1 :])  # the change did reach the later outputs
 
 
-def check_masked_index(n, k_c, bq, *, device):
-    """The masked path's index kernels against their torch twins: packed scores, thresholds, LSH counts."""
-    from hax_ssm.ops.attention.triton.index import Blocks, Parts, ks_thresholds, pack_scores, prefix_topk_blocks
-    from hax_ssm.ops.attention.triton.masked import make_masked_plan
-    from hax_ssm.ops.lsh import lsh_candidates
+def check_ks_index(n, k_c, bq, *, device):
+    """The GPU key-selection index (one-launch scan up to 32 blocks, else the torch scan; threshold kernel)
+    against the torch index: packed scores, prefix lists, their positions and thresholds."""
+    from hax_ssm.ops.attention.triton.attention import ks_index
+    from hax_ssm.ops.attention.triton.index import key_selection_index
 
-    spec = parse_sparse_arch("hax", sparse_keys=2 * k_c, num_hash=2)
     mask = torch.arange(n)[None] < torch.tensor([n, n // 2, n])[:, None]
     mask[2, : n // 3] = False  # left padding
     mask[0, n // 2] = False  # a hole
-    scores = torch.randint(-3, 4, (3, n)).float() / 2  # heavy ties, -0.0 and +0.0
-    qb, kb = torch.randint(0, 4, (2, 3, n))
-    mask, scores, qb, kb = (x.to(device) for x in (mask, scores, qb, kb))
-    plan = make_masked_plan(Parts.of(spec), Blocks(q=bq, k=bq), {}, mask, qb, kb, -scores)
-    packed = pack_scores(-scores, mask)
-    assert torch.equal(plan.packed, packed)
-    assert torch.equal(plan.threshold, ks_thresholds(packed, prefix_topk_blocks(packed, k_c, 16), k_c, 16))
-    expected = lsh_candidates(qb, kb, mask, k_c)
-    assert torch.equal(plan.q_count.long(), expected.q_count)
-    assert torch.equal(plan.k_rank.long(), expected.k_rank)
+    scores = -torch.randint(-3, 4, (3, n)).float() / 2  # heavy ties, -0.0 and +0.0
+    mask, scores = mask.to(device), scores.to(device)
+    actual, expected = ks_index(scores, mask, k_c, bq), key_selection_index(scores, mask, k_c, bq)
+    for name, a, e in zip(expected._fields, actual, expected, strict=True):
+        assert torch.equal(a, e), name
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
@@ -229,10 +223,10 @@ def test_interpreter_dilation_longer_than_the_sequence(arch, path):
 
 
 @interpreter
-@pytest.mark.parametrize(("n", "k_c", "bq"), [(1, 4, 16), (70, 4, 16), (90, 24, 16), (130, 5, 32)])
-def test_interpreter_masked_index(n, k_c, bq):
+@pytest.mark.parametrize(("n", "k_c", "bq"), [(1, 4, 16), (70, 4, 16), (90, 24, 16), (130, 5, 32), (70, 3, 2)])
+def test_interpreter_ks_index(n, k_c, bq):
     torch.manual_seed(n)
-    check_masked_index(n, k_c, bq, device="cpu")
+    check_ks_index(n, k_c, bq, device="cpu")
 
 
 @interpreter

@@ -52,7 +52,7 @@ CUDA graph. Key-selection scores are compared in fp32 (exact for fp16/bf16/fp32 
 
 Costs: forward reads each query block's <= (BQ + ~3 k_c) candidates; the backward re-reads them about
 twice. Everything is linear in L except ``full`` (the quadratic baseline). One compiled kernel per
-(dtype, head sizes): the pattern, lengths and strides are runtime arguments. Tile sizes are fixed
+(pattern, dtype, head sizes): lengths, batch sizes and k_c are runtime arguments. Tile sizes are fixed
 defaults (``attention.choose_blocks``), no autotuning; a launch that runs out of shared memory is retried
 once with ``num_stages=1``.
 """

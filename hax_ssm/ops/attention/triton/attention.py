@@ -38,6 +38,7 @@ SEGMENT_ROWS = 16  # partial rows summed per step of segment_reduce
 # benchmarks/attention.py --crossover).
 MASKED_MAX_LENGTH = 2048
 PATHS = ("auto", "gathered", "masked")
+KS_SCAN_MAX_BLOCKS = 32  # ks_index scans the prefix lists in one program per sequence up to this many blocks
 PATH_OVERRIDE = "auto"  # set through force_path()
 
 
@@ -113,6 +114,27 @@ def triton_thresholds(packed: Tensor, prefix: Tensor, k_c: int, bq: int) -> Tens
     return out
 
 
+def ks_index(scores: Tensor, key_mask: Tensor, k_c: int, bq: int) -> KeySelectionIndex:
+    """Key-selection index on the GPU. Up to KS_SCAN_MAX_BLOCKS query blocks per sequence one launch
+    (``ks_prefix_scan``) packs the scores and scans the prefix lists in registers; longer sequences take
+    the torch scan of index.key_selection_index. Both then take the threshold kernel."""
+    b, n = scores.shape
+    nb = cdiv(n, bq)
+    if nb > KS_SCAN_MAX_BLOCKS:
+        return key_selection_index(scores, key_mask, k_c, bq, triton_thresholds)
+    nbp = triton.next_power_of_2(nb)
+    width = max(bq, triton.next_power_of_2(k_c))
+    packed = torch.empty(b, n, dtype=torch.int64, device=scores.device)
+    prefix = torch.empty(b, nb, k_c, dtype=torch.int64, device=scores.device)
+    prefix_pos = torch.empty(b, nb, k_c, dtype=torch.int32, device=scores.device)
+    scratch = torch.empty(b, nbp, width, dtype=torch.int64, device=scores.device)
+    kn.ks_prefix_scan[(b,)](
+        scores.contiguous(), key_mask.to(torch.uint8).contiguous(), packed, scratch, prefix, prefix_pos, n, nb, k_c,
+        NBP=nbp, LOG_NBP=nbp.bit_length() - 1, BQ=bq, W=width, num_warps=4,
+    )  # fmt: skip
+    return KeySelectionIndex(packed, prefix, prefix_pos, triton_thresholds(packed, prefix, k_c, bq))
+
+
 @dataclass
 class Plan:
     """Everything the kernels need besides q, k, v: sizes, flags and the index work."""
@@ -146,14 +168,14 @@ def make_plan(
     dims = {"DK": dk, "DV": v.shape[-1], "DKP": padded(dk), "DVP": padded(v.shape[-1]), "PREC": precision(q.dtype)}
     blocks = choose_blocks(dims["DVP"], q.dtype)
     if uses_masked(parts, n):
-        return make_masked_plan(parts, blocks, dims, key_mask, q_buckets, k_buckets, key_scores)
+        return make_masked_plan(parts, blocks, dims, key_mask, q_buckets, k_buckets, key_scores, ks_index)
     nb = cdiv(n, blocks.q)
     device = q.device
     i64 = torch.zeros(1, dtype=torch.int64, device=device)  # stands in for buffers of absent parts
     i32 = torch.zeros(1, dtype=torch.int32, device=device)
     ks = KeySelectionIndex(i64, i64, i32, i64)
     if parts.ks:
-        ks = key_selection_index(key_scores, key_mask, parts.k_c, blocks.q, triton_thresholds)
+        ks = ks_index(key_scores, key_mask, parts.k_c, blocks.q)
     lsh = LshIndex(i32, i32, i32, i32)
     if parts.lsh:
         lsh = lsh_index(q_buckets, k_buckets, key_mask, parts.k_c)

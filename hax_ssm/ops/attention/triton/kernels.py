@@ -3,8 +3,9 @@
 Conventions: one program handles BQ query rows (a block of consecutive queries, or of sorted queries for
 LSH) or BK key rows; ``z`` is the batch row (heads folded into B). Q, K, V are read through (batch, row)
 strides with a contiguous last dim; every other buffer is contiguous and owned by the launcher. The pattern
-arrives as runtime flags (k_c, r, full, sw, sink, dil, ks), so one compiled kernel serves every pattern:
-specialisations come from dtype and head sizes only. Scores, softmax and accumulators are fp32.
+arrives as compile-time flags (full, sw, sink, dil, ks): each pattern compiles its own kernels, whose
+predicates hold only its parts (a runtime flag left the unused parts' integer work, e.g. j % r, in every tile).
+k_c, r, lengths and batch sizes stay runtime arguments. Scores, softmax and accumulators are fp32.
 
 Kernel 1 (positional + key selection) works on a query block's candidate tiles: a contiguous key range
 [lo, end) (window, own block, or everything for ``full``), the sink keys before it, the dilated keys
@@ -28,8 +29,8 @@ STRIDES = ("sqb", "sql", "skb", "skl", "svb", "svl")
 
 
 def _kernel(fn):
-    """triton.jit that does not specialise on the values of integer arguments (lengths, flags) other than
-    strides: every pattern, length and batch size shares one compiled kernel per dtype and head size."""
+    """triton.jit that does not specialise on the values of integer arguments (lengths, k_c, r) other than
+    strides: every length and batch size shares one compiled kernel per pattern, dtype and head size."""
     params = inspect.signature(fn).parameters
     ints = [
         name
@@ -241,7 +242,7 @@ def _load_query_grads(
 @triton.jit
 def _kernel1_tile(
     w, segments, lo, end, PREFIX, i, t_i, K, V, MASK, PACKED, z, n, skb, skl, svb, svl,
-    k_c, r, full, sw, sink, dil, ks,
+    k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     """Candidate tile w of kernel 1: K, V rows and which (query, key) pairs of the block it holds."""
@@ -263,7 +264,7 @@ def _sorted_queries(QPERM, LO, END, z, n, t):
 @triton.jit
 def _lsh_tile(
     u, u_end, lo, en, i, t_i, KPERM, K, V, PACKED, z, n, skb, skl, svb, svl,
-    k_c, r, full, sw, sink, dil, ks,
+    k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     """Sorted keys [u, u + BK): K, V rows and the LSH pairs of the block that kernel 1 does not hold."""
@@ -314,6 +315,64 @@ def ks_threshold_kernel(PACKED, PREFIX, THRESH, n, nb, k_c, BQ: tl.constexpr, KC
     tl.store(THRESH + z * n + rows, _block_thresholds(pre, own, k_c, BQ), mask=ok)
 
 
+@triton.jit
+def _pack_scores(SCORES, MASK, z, n, rows, ok):
+    """Twin of index.pack_scores: (monotone fp32 score bits) * 2**32 + (2**32 - 1 - position); padding
+    keys INT64_MIN."""
+    real = ok & (tl.load(MASK + z * n + rows, mask=ok, other=0) != 0)
+    x = tl.load(SCORES + z * n + rows, mask=ok, other=0.0).to(tl.float32) + 0.0  # -0.0 packs as +0.0
+    bits = x.to(tl.int32, bitcast=True)
+    order = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+    return tl.where(real, (order << 32) + (4294967295 - rows.to(tl.int64)), INT64_MIN)
+
+
+@triton.jit
+def _best_of_two(a, b, NBP: tl.constexpr, W: tl.constexpr):
+    """Row by row, the W largest of two [NBP, W] lists together, descending."""
+    both = tl.sort(tl.reshape(tl.join(a, b), (NBP, 2 * W)), dim=1, descending=True)
+    first, _ = tl.split(tl.permute(tl.reshape(both, (NBP, 2, W)), (0, 2, 1)))
+    return first
+
+
+@triton.jit
+def _shifted(scratch, x, shift, blk, col, W: tl.constexpr):
+    """Rows of x moved down by ``shift`` (INT64_MIN above), through a global scratch of this program."""
+    tl.store(scratch, x)
+    tl.debug_barrier()
+    out = tl.load(scratch - shift * W, mask=(blk >= shift) & (col >= 0), other=INT64_MIN)
+    tl.debug_barrier()  # every row is read before the next store
+    return out
+
+
+@_kernel
+def ks_prefix_scan(
+    SCORES, MASK, PACKED, SCRATCH, PREFIX, PREFIX_POS, n, nb, k_c,
+    NBP: tl.constexpr, LOG_NBP: tl.constexpr, BQ: tl.constexpr, W: tl.constexpr,
+):  # fmt: skip
+    """Packed scores and P_b, the k_c best keys before each block, for one sequence of nb <= NBP blocks held
+    in registers: each block's best k_c (a sort), then an exclusive Hillis-Steele scan over blocks whose
+    combine is the best k_c of two disjoint lists; rows move between steps through SCRATCH [NBP, W].
+    One launch instead of index.prefix_topk_blocks' ~25 (same result)."""
+    z = tl.program_id(0).to(tl.int64)
+    blk = tl.arange(0, NBP)[:, None]
+    col = tl.arange(0, W)[None, :]
+    rows = blk * BQ + col
+    ok = (col < BQ) & (rows < n)
+    packed = _pack_scores(SCORES, MASK, z, n, rows, ok)
+    tl.store(PACKED + z * n + rows, packed, mask=ok)
+    keep = col < k_c
+    top = tl.where(keep, tl.sort(packed, dim=1, descending=True), INT64_MIN)
+    scratch = SCRATCH + (z * NBP + blk) * W + col
+    for step in tl.static_range(LOG_NBP):  # after it, top[b] covers blocks (b - 2 ** (step + 1), b]
+        earlier = _shifted(scratch, top, 1 << step, blk, col, W)
+        top = tl.where(keep, _best_of_two(top, earlier, NBP, W), INT64_MIN)
+    top = _shifted(scratch, top, 1, blk, col, W)  # exclusive: the blocks before b
+    out = (z * nb + blk) * k_c + col
+    tl.store(PREFIX + out, top, mask=(blk < nb) & keep)
+    pos = tl.where(top == INT64_MIN, -1, 4294967295 - (top & 4294967295)).to(tl.int32)
+    tl.store(PREFIX_POS + out, pos, mask=(blk < nb) & keep)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # forward
 
@@ -322,7 +381,7 @@ def ks_threshold_kernel(PACKED, PREFIX, THRESH, n, nb, k_c, BQ: tl.constexpr, KC
 def kernel1_fwd(
     Q, K, V, OUT, LSE, MASK, PACKED, THRESH, PREFIX,
     sqb, sql, skb, skl, svb, svl, n, nb,
-    k_c, r, full, sw, sink, dil, ks,
+    k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     BQ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
@@ -355,7 +414,7 @@ def kernel1_fwd(
 def lsh_fwd(
     Q, K, V, OUT, LSE, PACKED, THRESH, QPERM, KPERM, LO, END,
     sqb, sql, skb, skl, svb, svl, n, merge,
-    k_c, r, full, sw, sink, dil, ks,
+    k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     BQ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
@@ -412,7 +471,7 @@ def delta_kernel(OUT, DO, DELTA, n, DV: tl.constexpr, DVP: tl.constexpr, BQ: tl.
 def kernel1_dq(
     Q, K, V, DO, LSE, DELTA, DQ, MASK, PACKED, THRESH, PREFIX,
     sqb, sql, skb, skl, svb, svl, n, nb,
-    k_c, r, full, sw, sink, dil, ks,
+    k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     BQ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
@@ -440,7 +499,7 @@ def kernel1_dq(
 def lsh_dq(
     Q, K, V, DO, LSE, DELTA, DQ, PACKED, THRESH, QPERM, KPERM, LO, END,
     sqb, sql, skb, skl, svb, svl, n, accumulate,
-    k_c, r, full, sw, sink, dil, ks,
+    k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     BQ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
@@ -470,7 +529,7 @@ def lsh_dq(
 def near_dkdv(
     Q, K, V, DO, LSE, DELTA, MASK, PACKED, THRESH, DKB, DVB,
     sqb, sql, skb, skl, svb, svl, n, nb, chunk,
-    k_c, r, full, sw, sink, dil, ks,
+    k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     BQ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
@@ -508,7 +567,7 @@ def near_dkdv(
 def far_dkdv(
     Q, K, V, DO, LSE, DELTA, MASK, PACKED, THRESH, GLOBAL, PREFIX, PART_K, PART_V,
     sqb, sql, skb, skl, svb, svl, n, nb, chunk, n_global, n_slots, n_slot_tiles,
-    k_c, r, full, sw, sink, dil, ks,
+    k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     BQ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
@@ -584,7 +643,7 @@ def lsh_dkdv(
     Q, K, V, DO, LSE, DELTA, PACKED, THRESH, QPERM, KPERM, LO, END,
     ITEM_B, ITEM_T, ITEM_Q0, ITEM_Q1, ITEM_SLOT, DKB, DVB, PART_K, PART_V,
     sqb, sql, skb, skl, svb, svl, n,
-    k_c, r, full, sw, sink, dil, ks,
+    k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     BQ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip

@@ -124,20 +124,32 @@ def check_causal(arch, n, t, *, device, path):
     assert not torch.allclose(out2[:, t + 1 :], out[:, t + 1 :])  # the change did reach the later outputs
 
 
-def check_ks_index(n, k_c, bq, *, device):
-    """The GPU key-selection index (one-launch scan up to 32 blocks, else the torch scan; threshold kernel)
-    against the torch index: packed scores, prefix lists, their positions and thresholds."""
-    from hax_ssm.ops.attention.triton.attention import ks_index
-    from hax_ssm.ops.attention.triton.index import key_selection_index
-
+def index_inputs(n, device):
     mask = torch.arange(n)[None] < torch.tensor([n, n // 2, n])[:, None]
     mask[2, : n // 3] = False  # left padding
     mask[0, n // 2] = False  # a hole
     scores = -torch.randint(-3, 4, (3, n)).float() / 2  # heavy ties, -0.0 and +0.0
-    mask, scores = mask.to(device), scores.to(device)
+    buckets = torch.randint(0, 4, (2, 3, n))
+    return mask.to(device), scores.to(device), buckets.to(device)
+
+
+def check_index_kernels(n, k_c, bq, *, device):
+    """The index kernels against their torch twins: key-selection thresholds (index.ks_thresholds) and
+    the masked path's LSH counts (q_count, k_rank of lsh.lsh_candidates)."""
+    from hax_ssm.ops.attention.triton.attention import ks_index
+    from hax_ssm.ops.attention.triton.index import key_selection_index
+    from hax_ssm.ops.attention.triton.masked import lsh_counts
+    from hax_ssm.ops.lsh import lsh_candidates
+
+    mask, scores, (qb, kb) = index_inputs(n, device)
     actual, expected = ks_index(scores, mask, k_c, bq), key_selection_index(scores, mask, k_c, bq)
     for name, a, e in zip(expected._fields, actual, expected, strict=True):
         assert torch.equal(a, e), name
+    counts = torch.empty(2, 3, n, dtype=torch.int32, device=device)
+    lsh_counts[(-(-n // bq), 3)](qb, kb, mask.to(torch.uint8), counts[0], counts[1], n, BQ=bq, BK=bq)
+    expected = lsh_candidates(qb, kb, mask, k_c)
+    assert torch.equal(counts[0].long(), expected.q_count)
+    assert torch.equal(counts[1].long(), expected.k_rank)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
@@ -223,10 +235,10 @@ def test_interpreter_dilation_longer_than_the_sequence(arch, path):
 
 
 @interpreter
-@pytest.mark.parametrize(("n", "k_c", "bq"), [(1, 4, 16), (70, 4, 16), (90, 24, 16), (130, 5, 32), (70, 3, 2)])
-def test_interpreter_ks_index(n, k_c, bq):
+@pytest.mark.parametrize(("n", "k_c", "bq"), [(1, 4, 16), (70, 4, 16), (90, 24, 16), (130, 5, 32)])
+def test_interpreter_index_kernels(n, k_c, bq):
     torch.manual_seed(n)
-    check_ks_index(n, k_c, bq, device="cpu")
+    check_index_kernels(n, k_c, bq, device="cpu")
 
 
 @interpreter

@@ -38,7 +38,6 @@ SEGMENT_ROWS = 16  # partial rows summed per step of segment_reduce
 # benchmarks/attention.py --crossover).
 MASKED_MAX_LENGTH = 2048
 PATHS = ("auto", "gathered", "masked")
-KS_SCAN_MAX_BLOCKS = 32  # ks_index scans the prefix lists in one program per sequence up to this many blocks
 PATH_OVERRIDE = "auto"  # set through force_path()
 
 
@@ -115,24 +114,9 @@ def triton_thresholds(packed: Tensor, prefix: Tensor, k_c: int, bq: int) -> Tens
 
 
 def ks_index(scores: Tensor, key_mask: Tensor, k_c: int, bq: int) -> KeySelectionIndex:
-    """Key-selection index on the GPU. Up to KS_SCAN_MAX_BLOCKS query blocks per sequence one launch
-    (``ks_prefix_scan``) packs the scores and scans the prefix lists in registers; longer sequences take
-    the torch scan of index.key_selection_index. Both then take the threshold kernel."""
-    b, n = scores.shape
-    nb = cdiv(n, bq)
-    if nb > KS_SCAN_MAX_BLOCKS:
-        return key_selection_index(scores, key_mask, k_c, bq, triton_thresholds)
-    nbp = triton.next_power_of_2(nb)
-    width = max(bq, triton.next_power_of_2(k_c))
-    packed = torch.empty(b, n, dtype=torch.int64, device=scores.device)
-    prefix = torch.empty(b, nb, k_c, dtype=torch.int64, device=scores.device)
-    prefix_pos = torch.empty(b, nb, k_c, dtype=torch.int32, device=scores.device)
-    scratch = torch.empty(b, nbp, width, dtype=torch.int64, device=scores.device)
-    kn.ks_prefix_scan[(b,)](
-        scores.contiguous(), key_mask.to(torch.uint8).contiguous(), packed, scratch, prefix, prefix_pos, n, nb, k_c,
-        NBP=nbp, LOG_NBP=nbp.bit_length() - 1, BQ=bq, W=width, num_warps=4,
-    )  # fmt: skip
-    return KeySelectionIndex(packed, prefix, prefix_pos, triton_thresholds(packed, prefix, k_c, bq))
+    """The key-selection index on the scores' device: the torch scan of index.key_selection_index, then the
+    threshold kernel."""
+    return key_selection_index(scores, key_mask, k_c, bq, triton_thresholds)
 
 
 @dataclass

@@ -315,64 +315,6 @@ def ks_threshold_kernel(PACKED, PREFIX, THRESH, n, nb, k_c, BQ: tl.constexpr, KC
     tl.store(THRESH + z * n + rows, _block_thresholds(pre, own, k_c, BQ), mask=ok)
 
 
-@triton.jit
-def _pack_scores(SCORES, MASK, z, n, rows, ok):
-    """Twin of index.pack_scores: (monotone fp32 score bits) * 2**32 + (2**32 - 1 - position); padding
-    keys INT64_MIN."""
-    real = ok & (tl.load(MASK + z * n + rows, mask=ok, other=0) != 0)
-    x = tl.load(SCORES + z * n + rows, mask=ok, other=0.0).to(tl.float32) + 0.0  # -0.0 packs as +0.0
-    bits = x.to(tl.int32, bitcast=True)
-    order = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
-    return tl.where(real, (order << 32) + (4294967295 - rows.to(tl.int64)), INT64_MIN)
-
-
-@triton.jit
-def _best_of_two(a, b, NBP: tl.constexpr, W: tl.constexpr):
-    """Row by row, the W largest of two [NBP, W] lists together, descending."""
-    both = tl.sort(tl.reshape(tl.join(a, b), (NBP, 2 * W)), dim=1, descending=True)
-    first, _ = tl.split(tl.permute(tl.reshape(both, (NBP, 2, W)), (0, 2, 1)))
-    return first
-
-
-@triton.jit
-def _shifted(scratch, x, shift, blk, col, W: tl.constexpr):
-    """Rows of x moved down by ``shift`` (INT64_MIN above), through a global scratch of this program."""
-    tl.store(scratch, x)
-    tl.debug_barrier()
-    out = tl.load(scratch - shift * W, mask=(blk >= shift) & (col >= 0), other=INT64_MIN)
-    tl.debug_barrier()  # every row is read before the next store
-    return out
-
-
-@_kernel
-def ks_prefix_scan(
-    SCORES, MASK, PACKED, SCRATCH, PREFIX, PREFIX_POS, n, nb, k_c,
-    NBP: tl.constexpr, LOG_NBP: tl.constexpr, BQ: tl.constexpr, W: tl.constexpr,
-):  # fmt: skip
-    """Packed scores and P_b, the k_c best keys before each block, for one sequence of nb <= NBP blocks held
-    in registers: each block's best k_c (a sort), then an exclusive Hillis-Steele scan over blocks whose
-    combine is the best k_c of two disjoint lists; rows move between steps through SCRATCH [NBP, W].
-    One launch instead of index.prefix_topk_blocks' ~25 (same result)."""
-    z = tl.program_id(0).to(tl.int64)
-    blk = tl.arange(0, NBP)[:, None]
-    col = tl.arange(0, W)[None, :]
-    rows = blk * BQ + col
-    ok = (col < BQ) & (rows < n)
-    packed = _pack_scores(SCORES, MASK, z, n, rows, ok)
-    tl.store(PACKED + z * n + rows, packed, mask=ok)
-    keep = col < k_c
-    top = tl.where(keep, tl.sort(packed, dim=1, descending=True), INT64_MIN)
-    scratch = SCRATCH + (z * NBP + blk) * W + col
-    for step in tl.static_range(LOG_NBP):  # after it, top[b] covers blocks (b - 2 ** (step + 1), b]
-        earlier = _shifted(scratch, top, 1 << step, blk, col, W)
-        top = tl.where(keep, _best_of_two(top, earlier, NBP, W), INT64_MIN)
-    top = _shifted(scratch, top, 1, blk, col, W)  # exclusive: the blocks before b
-    out = (z * nb + blk) * k_c + col
-    tl.store(PREFIX + out, top, mask=(blk < nb) & keep)
-    pos = tl.where(top == INT64_MIN, -1, 4294967295 - (top & 4294967295)).to(tl.int32)
-    tl.store(PREFIX_POS + out, pos, mask=(blk < nb) & keep)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # forward
 

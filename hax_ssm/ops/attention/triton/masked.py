@@ -2,19 +2,17 @@
 
 At the paper's shape (L = 1058) the gathered O(L * k) path is latency-bound: about 70 small launches of
 sorting, top-k and work lists, then kernels whose tiles wait on index loads. Here every query block instead
-walks all its causal key tiles, contiguous in memory, and keeps pairs by a predicate that covers every
-part of the union at once (so there is no second kernel and no merge):
+walks all its causal key tiles, contiguous in memory, and keeps pairs by an O(1) predicate that covers
+every part of the union at once (so there is no second kernel and no merge):
 
   kernel-1 parts as in the gathered path (window, sink, dilated, full, packed[j] >= T_i for key selection)
-  | LSH: k_bucket[j] == q_bucket[i] and j is among the k_c newest such real keys <= i.
+  | LSH: k_bucket[j] == q_bucket[i] and k_rank[j] > q_count[i] - k_c (the k_c newest of the bucket).
 
-The forward walks the tiles from the diagonal back to the first, so it can count the same-bucket keys it
-has passed per query; it stores lo_i, the oldest LSH key kept, and the backward keeps j >= lo_i. The work
-is O(L^2 / 2) tile steps, no L x L tensor is stored, and memory stays O(L). The key-selection thresholds
-come from ``ks_index`` (one program per sequence, the prefix lists by a scan in registers) and the
-gathered path's threshold kernel. The backward is one launch of dQ programs (per query block) and dK/dV
-programs (per key tile, over the later query blocks): every output row has one writer, so it is
-deterministic, and gradients are stored in the inputs' dtype with no fp32 buffers.
+The work is O(L^2 / 2) tile steps; no L x L tensor is stored, and memory stays O(L). ``lsh_counts`` builds
+q_count and k_rank by comparing bucket ids over the causal tiles; the key-selection thresholds come from
+the gathered path's index (``attention.ks_index``). The backward is one launch of dQ programs (per query
+block) and dK/dV programs (per key tile, over the later query blocks): every output row has one writer,
+so it is deterministic, and gradients are stored in the inputs' dtype with no fp32 buffers.
 
 ``attention.MASKED_MAX_LENGTH`` is where this path stops paying (``benchmarks/attention.py`` measures the
 crossover).
@@ -48,95 +46,108 @@ from hax_ssm.ops.attention.triton.kernels import (
 # kernels
 
 
+@_kernel
+def lsh_counts(QB, KB, MASK, QCOUNT, KRANK, n, BQ: tl.constexpr, BK: tl.constexpr):
+    """Per token t: QCOUNT = real keys j <= t in t's query bucket; KRANK = real keys j <= t in t's key bucket
+    (0 for a padding key). Twin of the q_count / k_rank of lsh.lsh_candidates."""
+    b = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    t = b * BQ + tl.arange(0, BQ)
+    ok = t < n
+    qb = tl.load(QB + z * n + t, mask=ok, other=0)
+    kb = tl.load(KB + z * n + t, mask=ok, other=0)
+    real = ok & (tl.load(MASK + z * n + t, mask=ok, other=0) != 0)
+    q_count = tl.zeros([BQ], tl.int32)
+    k_rank = tl.zeros([BQ], tl.int32)
+    for s in range(0, min(b * BQ + BQ, n), BK):
+        j = s + tl.arange(0, BK)
+        j_ok = j < n
+        j_real = j_ok & (tl.load(MASK + z * n + j, mask=j_ok, other=0) != 0)
+        kb_j = tl.load(KB + z * n + j, mask=j_ok, other=0)
+        before = (j[None, :] <= t[:, None]) & j_real[None, :]
+        q_count += tl.sum(((kb_j[None, :] == qb[:, None]) & before).to(tl.int32), 1)
+        k_rank += tl.sum(((kb_j[None, :] == kb[:, None]) & before).to(tl.int32), 1)
+    tl.store(QCOUNT + z * n + t, q_count, mask=ok)
+    tl.store(KRANK + z * n + t, tl.where(real, k_rank, 0), mask=ok)
+
+
 @triton.jit
 def _allowed(query, key, k_c, r, full, sw, sink, dil, ks, lsh):
     """[BQ, BK]: query i attends to key j through some part of the union (causal, real keys only)."""
-    i, t_i, qb_i, lo_i = query
-    j, real, packed, kb_j = key
+    i, t_i, qb_i, q_count = query
+    j, real, packed, kb_j, k_rank = key
     allowed = _kernel1_allowed(i, j, real, packed, t_i, k_c, r, full, sw, sink, dil, ks)
-    if lsh:
-        same = (kb_j[None, :] == qb_i[:, None]) & (j[None, :] >= lo_i[:, None])
-        allowed = allowed | (same & (j[None, :] <= i[:, None]) & real[None, :])
+    if lsh:  # j is among the k_c newest real keys <= i of i's bucket
+        recent = (kb_j[None, :] == qb_i[:, None]) & (k_rank[None, :] > (q_count - k_c)[:, None])
+        allowed = allowed | (recent & (j[None, :] <= i[:, None]) & real[None, :])
     return allowed
 
 
 @triton.jit
-def _query(THRESH, QB, LSH_LO, z, n, i, ok, ks, lsh):
-    """Rows i: what the predicate needs of them (threshold, LSH bucket, oldest LSH key)."""
+def _query(THRESH, QB, QCOUNT, z, n, i, ok, ks, lsh):
+    """Rows i: what the predicate needs of them (threshold, LSH bucket and count)."""
     t_i = tl.load(THRESH + z * n + i, mask=ok & (ks != 0), other=0)
     qb_i = tl.load(QB + z * n + i, mask=ok & (lsh != 0), other=0)
-    lo_i = tl.load(LSH_LO + z * n + i, mask=ok & (lsh != 0), other=0)
-    return i, t_i, qb_i, lo_i
+    q_count = tl.load(QCOUNT + z * n + i, mask=ok & (lsh != 0), other=0)
+    return i, t_i, qb_i, q_count
 
 
 @triton.jit
 def _query_grads(
-    Q, DO, LSE, DELTA, THRESH, QB, LSH_LO, z, n, i, sqb, sql, ks, lsh,
+    Q, DO, LSE, DELTA, THRESH, QB, QCOUNT, z, n, i, sqb, sql, ks, lsh,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
 ):  # fmt: skip
     """Rows i of Q and dO, their LSE and delta, and what the predicate needs of them."""
     ok = i < n
     q, do, lse, delta, _ = _load_query_grads(Q, DO, LSE, DELTA, THRESH, z, n, i, ok, sqb, sql, 0, DK, DV, DKP, DVP)
-    return q, do, lse, delta, _query(THRESH, QB, LSH_LO, z, n, i, ok, ks, lsh)
+    return q, do, lse, delta, _query(THRESH, QB, QCOUNT, z, n, i, ok, ks, lsh)
 
 
 @triton.jit
 def _keys(
-    K, V, MASK, PACKED, KB, z, n, j, skb, skl, svb, svl, ks, lsh,
+    K, V, MASK, PACKED, KB, KRANK, z, n, j, skb, skl, svb, svl, ks, lsh,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
 ):  # fmt: skip
     """Rows j of K and V, and what the predicate needs of them."""
     ok = j < n
     kt, vt, real, packed = _load_key_tile(K, V, MASK, PACKED, z, n, j, ok, skb, skl, svb, svl, ks, DK, DV, DKP, DVP)
     kb_j = tl.load(KB + z * n + j, mask=ok & (lsh != 0), other=0)
-    return kt, vt, (j, real, packed, kb_j)
+    k_rank = tl.load(KRANK + z * n + j, mask=ok & (lsh != 0), other=0)
+    return kt, vt, (j, real, packed, kb_j, k_rank)
 
 
 @_kernel
 def masked_fwd(
-    Q, K, V, OUT, LSE, MASK, PACKED, THRESH, QB, KB, LSH_LO,
+    Q, K, V, OUT, LSE, MASK, PACKED, THRESH, QB, KB, QCOUNT, KRANK,
     sqb, sql, skb, skl, svb, svl, n,
     k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     lsh: tl.constexpr,
     DK: tl.constexpr, DV: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
     BQ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """O, LSE (and LSH_LO, the oldest LSH key kept) of one block of BQ consecutive queries over all its
-    causal key tiles, newest tile first."""
+    """O, LSE of one block of BQ consecutive queries over all its causal key tiles."""
     b = tl.program_id(0)
     z = tl.program_id(1).to(tl.int64)
     i = b * BQ + tl.arange(0, BQ)
     i_ok = i < n
     q = _load_rows(Q + z * sqb, i, i_ok, sql, DK, DKP)
-    t_i = tl.load(THRESH + z * n + i, mask=i_ok & (ks != 0), other=0)
-    qb_i = tl.load(QB + z * n + i, mask=i_ok & (lsh != 0), other=0)
-    newer = tl.zeros([BQ], tl.int32)  # same-bucket real keys passed so far (all newer than the tile)
-    lo_i = tl.full([BQ], n, tl.int32)
+    query = _query(THRESH, QB, QCOUNT, z, n, i, i_ok, ks, lsh)
     m_i = tl.full([BQ], float("-inf"), tl.float32)
     l_i = tl.zeros([BQ], tl.float32)
     acc = tl.zeros([BQ, DVP], tl.float32)
-    last = (min(b * BQ + BQ, n) - 1) // BK
-    for w in range(0, last + 1):
-        j = (last - w) * BK + tl.arange(0, BK)
-        kt, vt, key = _keys(K, V, MASK, PACKED, KB, z, n, j, skb, skl, svb, svl, ks, lsh, DK, DV, DKP, DVP)
-        _, real, packed, kb_j = key
-        allowed = _kernel1_allowed(i, j, real, packed, t_i, k_c, r, full, sw, sink, dil, ks)
-        if lsh:
-            match = ((kb_j[None, :] == qb_i[:, None]) & real[None, :] & (j[None, :] <= i[:, None])).to(tl.int32)
-            recent = (match != 0) & (newer[:, None] + tl.cumsum(match, 1, reverse=True) - match < k_c)
-            newer += tl.sum(match, 1)
-            lo_i = tl.minimum(lo_i, tl.min(tl.where(recent, j[None, :], n), 1))
-            allowed = allowed | recent
+    for s in range(0, min(b * BQ + BQ, n), BK):
+        j = s + tl.arange(0, BK)
+        kt, vt, key = _keys(K, V, MASK, PACKED, KB, KRANK, z, n, j, skb, skl, svb, svl, ks, lsh, DK, DV, DKP, DVP)
+        allowed = _allowed(query, key, k_c, r, full, sw, sink, dil, ks, lsh)
         m_i, l_i, acc = _softmax_step(m_i, l_i, acc, q, kt, vt, allowed, PREC)
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     _store_rows(OUT + z * n * DV, i, i_ok, DV, (acc / l_safe[:, None]).to(OUT.dtype.element_ty), DV, DVP)
     tl.store(LSE + z * n + i, tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=i_ok)
-    tl.store(LSH_LO + z * n + i, lo_i, mask=i_ok & (lsh != 0))
 
 
 @_kernel
 def masked_bwd(
-    Q, K, V, DO, LSE, DELTA, DQ, DKB, DVB, MASK, PACKED, THRESH, QB, KB, LSH_LO,
+    Q, K, V, DO, LSE, DELTA, DQ, DKB, DVB, MASK, PACKED, THRESH, QB, KB, QCOUNT, KRANK,
     sqb, sql, skb, skl, svb, svl, n, nb,
     k_c, r, full: tl.constexpr, sw: tl.constexpr, sink: tl.constexpr, dil: tl.constexpr, ks: tl.constexpr,
     lsh: tl.constexpr,
@@ -150,23 +161,23 @@ def masked_bwd(
     if p < nb:
         i = p * BQ + tl.arange(0, BQ)
         q, do, lse, delta, query = _query_grads(
-            Q, DO, LSE, DELTA, THRESH, QB, LSH_LO, z, n, i, sqb, sql, ks, lsh, DK, DV, DKP, DVP
+            Q, DO, LSE, DELTA, THRESH, QB, QCOUNT, z, n, i, sqb, sql, ks, lsh, DK, DV, DKP, DVP
         )
         dq = tl.zeros([BQ, DKP], tl.float32)
         for s in range(0, min(p * BQ + BQ, n), BK):
             j = s + tl.arange(0, BK)
-            kt, vt, key = _keys(K, V, MASK, PACKED, KB, z, n, j, skb, skl, svb, svl, ks, lsh, DK, DV, DKP, DVP)
+            kt, vt, key = _keys(K, V, MASK, PACKED, KB, KRANK, z, n, j, skb, skl, svb, svl, ks, lsh, DK, DV, DKP, DVP)
             allowed = _allowed(query, key, k_c, r, full, sw, sink, dil, ks, lsh)
             dq = _dq_step(dq, q, do, lse, delta, kt, vt, allowed, PREC)
         _store_rows(DQ + z * n * DK, i, i < n, DK, dq.to(DQ.dtype.element_ty), DK, DKP)
     else:
         j = (p - nb) * BK + tl.arange(0, BK)
-        kt, vt, key = _keys(K, V, MASK, PACKED, KB, z, n, j, skb, skl, svb, svl, ks, lsh, DK, DV, DKP, DVP)
+        kt, vt, key = _keys(K, V, MASK, PACKED, KB, KRANK, z, n, j, skb, skl, svb, svl, ks, lsh, DK, DV, DKP, DVP)
         dk = tl.zeros([BK, DKP], tl.float32)
         dv = tl.zeros([BK, DVP], tl.float32)
         for s in range((p - nb) * BK // BQ * BQ, n, BQ):
             q, do, lse, delta, query = _query_grads(
-                Q, DO, LSE, DELTA, THRESH, QB, LSH_LO, z, n, s + tl.arange(0, BQ), sqb, sql, ks, lsh, DK, DV, DKP, DVP
+                Q, DO, LSE, DELTA, THRESH, QB, QCOUNT, z, n, s + tl.arange(0, BQ), sqb, sql, ks, lsh, DK, DV, DKP, DVP
             )
             allowed = _allowed(query, key, k_c, r, full, sw, sink, dil, ks, lsh)
             dk, dv = _dkdv_step(dk, dv, kt, vt, q, do, lse, delta, allowed, PREC)
@@ -191,7 +202,8 @@ class MaskedPlan:
     threshold: Tensor  # int64 [B, L] (key selection)
     q_buckets: Tensor  # int64 [B, L] (LSH)
     k_buckets: Tensor
-    lsh_lo: Tensor  # int32 [B, L] (LSH): the oldest key each query keeps, written by the forward
+    q_count: Tensor  # int32 [B, L] (LSH): real keys <= i in query i's bucket
+    k_rank: Tensor  # int32 [B, L] (LSH): rank of real key j among the real keys <= j of its bucket
 
 
 def make_masked_plan(
@@ -209,14 +221,15 @@ def make_masked_plan(
     mask = key_mask.to(torch.uint8).contiguous()
     i64 = torch.zeros(1, dtype=torch.int64, device=mask.device)  # stands in for buffers of absent parts
     packed = threshold = qb = kb = i64
-    lsh_lo = torch.zeros(1, dtype=torch.int32, device=mask.device)
+    q_count = k_rank = torch.zeros(1, dtype=torch.int32, device=mask.device)
     if parts.ks:
         packed, _, _, threshold = ks_index(key_scores, key_mask, parts.k_c, blocks.q)
     if parts.lsh:
         qb, kb = (x.to(torch.int64).contiguous() for x in (q_buckets, k_buckets))
-        lsh_lo = torch.empty(b, n, dtype=torch.int32, device=mask.device)
+        q_count, k_rank = torch.empty(2, b, n, dtype=torch.int32, device=mask.device)
+        lsh_counts[(cdiv(n, blocks.q), b)](qb, kb, mask, q_count, k_rank, n, BQ=blocks.q, BK=blocks.k)
     flags = (*parts.flags, parts.lsh)
-    return MaskedPlan(flags, blocks, dims, mask, packed, threshold, qb, kb, lsh_lo)
+    return MaskedPlan(flags, blocks, dims, mask, packed, threshold, qb, kb, q_count, k_rank)
 
 
 def _strides(*xs: Tensor) -> list[int]:
@@ -230,7 +243,7 @@ def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, plan: MaskedPlan) ->
 
 
 def _meta(plan: MaskedPlan) -> tuple[Tensor, ...]:
-    return plan.key_mask, plan.packed, plan.threshold, plan.q_buckets, plan.k_buckets, plan.lsh_lo
+    return plan.key_mask, plan.packed, plan.threshold, plan.q_buckets, plan.k_buckets, plan.q_count, plan.k_rank
 
 
 def masked_forward(q: Tensor, k: Tensor, v: Tensor, plan: MaskedPlan) -> tuple[Tensor, Tensor]:

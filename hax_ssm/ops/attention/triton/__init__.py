@@ -4,8 +4,14 @@ Registered as ``impl="triton"``; ``impl="auto"`` picks it for CUDA tensors when 
 :func:`supports`). triton is imported lazily: CPU installs never need it. With ``TRITON_INTERPRET=1`` the
 same kernels run on CPU tensors in Triton's interpreter (slow; used by the tests).
 
-Design (one head, d_k 16-128, d_v <= 256 per launch (a wider V runs in slices of 256 channels), fp16/bf16/fp32
-in, fp32 scores and accumulators; heads folded into B; padding via the key mask; a query without keys outputs 0):
+Two paths: sequences up to ``attention.MASKED_MAX_LENGTH`` with an LSH or key-selection part run on the
+masked path (``masked.py``: every causal tile, the whole union as one O(1) predicate, a few launches); the
+rest run on the gathered O(L * k) path described here. ``attention.force_path`` picks one for tests and
+benchmarks.
+
+Design of the gathered path (one head, d_k 16-128, d_v <= 256 per launch (a wider V runs in slices of 256
+channels), fp16/bf16/fp32 in, fp32 scores and accumulators; heads folded into B; padding via the key mask; a
+query without keys outputs 0):
 
 Index work (``index.py``, torch, no L x L tensor, static shapes, no host sync):
   - key selection: key j packs into one int64, (fp32 score bits mapped to a monotone integer) * 2**32 +

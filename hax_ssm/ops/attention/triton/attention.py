@@ -34,9 +34,10 @@ if INTERPRET:
 BLOCKS_OVERRIDE: Blocks | None = None  # set through tile_sizes()
 SEGMENT_ROWS = 16  # partial rows summed per step of segment_reduce
 # Sequences up to this length with an LSH or key-selection part run on the masked path (masked.py): every
-# causal tile with the pattern as a predicate beats the gathered path's index work there (measured:
-# benchmarks/attention.py --crossover).
-MASKED_MAX_LENGTH = 2048
+# causal tile with the pattern as a predicate beats the gathered path's index work there. Measured on an
+# H100 (HAX fwd+bwd, B * L = 64K tokens, graphed): masked 0.79 vs gathered 0.89 ms at L 1536, 0.98 vs
+# 0.89 ms at L 2048 (benchmarks/attention.py, "crossover" in results/attention_benchmark.json).
+MASKED_MAX_LENGTH = 1792
 PATHS = ("auto", "gathered", "masked")
 PATH_OVERRIDE = "auto"  # set through force_path()
 

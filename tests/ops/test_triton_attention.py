@@ -136,13 +136,14 @@ def index_inputs(n, device):
 def check_index_kernels(n, k_c, bq, *, device):
     """The index kernels against their torch twins: key-selection thresholds (index.ks_thresholds) and
     the masked path's LSH counts (q_count, k_rank of lsh.lsh_candidates)."""
-    from hax_ssm.ops.attention.triton.attention import ks_index
+    from hax_ssm.ops.attention.triton.attention import triton_thresholds
     from hax_ssm.ops.attention.triton.index import key_selection_index
     from hax_ssm.ops.attention.triton.masked import lsh_counts
     from hax_ssm.ops.lsh import lsh_candidates
 
     mask, scores, (qb, kb) = index_inputs(n, device)
-    actual, expected = ks_index(scores, mask, k_c, bq), key_selection_index(scores, mask, k_c, bq)
+    actual = key_selection_index(scores, mask, k_c, bq, triton_thresholds)
+    expected = key_selection_index(scores, mask, k_c, bq)
     for name, a, e in zip(expected._fields, actual, expected, strict=True):
         assert torch.equal(a, e), name
     counts = torch.empty(2, 3, n, dtype=torch.int32, device=device)

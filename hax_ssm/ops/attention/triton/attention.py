@@ -114,12 +114,6 @@ def triton_thresholds(packed: Tensor, prefix: Tensor, k_c: int, bq: int) -> Tens
     return out
 
 
-def ks_index(scores: Tensor, key_mask: Tensor, k_c: int, bq: int) -> KeySelectionIndex:
-    """The key-selection index on the scores' device: the torch scan of index.key_selection_index, then the
-    threshold kernel."""
-    return key_selection_index(scores, key_mask, k_c, bq, triton_thresholds)
-
-
 @dataclass
 class Plan:
     """Everything the kernels need besides q, k, v: sizes, flags and the index work."""
@@ -152,15 +146,15 @@ def make_plan(
     n, dk = q.shape[1:]
     dims = {"DK": dk, "DV": v.shape[-1], "DKP": padded(dk), "DVP": padded(v.shape[-1]), "PREC": precision(q.dtype)}
     blocks = choose_blocks(dims["DVP"], q.dtype)
-    if uses_masked(parts, n):
-        return make_masked_plan(parts, blocks, dims, key_mask, q_buckets, k_buckets, key_scores, ks_index)
-    nb = cdiv(n, blocks.q)
     device = q.device
     i64 = torch.zeros(1, dtype=torch.int64, device=device)  # stands in for buffers of absent parts
     i32 = torch.zeros(1, dtype=torch.int32, device=device)
     ks = KeySelectionIndex(i64, i64, i32, i64)
     if parts.ks:
-        ks = ks_index(key_scores, key_mask, parts.k_c, blocks.q)
+        ks = key_selection_index(key_scores, key_mask, parts.k_c, blocks.q, triton_thresholds)
+    if uses_masked(parts, n):
+        return make_masked_plan(parts, blocks, dims, key_mask, q_buckets, k_buckets, ks)
+    nb = cdiv(n, blocks.q)
     lsh = LshIndex(i32, i32, i32, i32)
     if parts.lsh:
         lsh = lsh_index(q_buckets, k_buckets, key_mask, parts.k_c)

@@ -283,13 +283,22 @@ def _lsh_tile(
 # index kernel
 
 
-@triton.jit
-def _block_thresholds(pre, own, k_c, BQ: tl.constexpr):
-    """[BQ]: for each row r of a block, the k_c-th best of the list ``pre`` (keys before the block) and the
-    block's own keys a <= r; INT64_MIN if fewer. A candidate is the threshold iff exactly k_c - 1 available
-    candidates beat it (packed keys are distinct; INT64_MIN marks an empty slot)."""
+@_kernel
+def ks_threshold_kernel(PACKED, PREFIX, THRESH, n, nb, k_c, BQ: tl.constexpr, KCP: tl.constexpr):
+    """T[i] = the k_c-th best of (prefix list of i's block) + (own block keys <= i); INT64_MIN if fewer.
+
+    A candidate x available at row r is the threshold iff exactly k_c - 1 available candidates beat it
+    (packed keys are distinct). Twin of index.ks_thresholds.
+    """
+    b = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
     a = tl.arange(0, BQ)
-    # candidates from the list: available at every row
+    rows = b * BQ + a
+    ok = rows < n
+    own = tl.load(PACKED + z * n + rows, mask=ok, other=INT64_MIN)
+    c = tl.arange(0, KCP)
+    pre = tl.load(PREFIX + (z * nb + b) * k_c + c, mask=c < k_c, other=INT64_MIN)
+    # candidates from the prefix list: available at every row
     beats = tl.sum((pre[None, :] > pre[:, None]).to(tl.int32), 1)[:, None]
     beats = beats + tl.cumsum((own[None, :] > pre[:, None]).to(tl.int32), 1)  # [KCP, BQ(r)]
     hit = (pre[:, None] != INT64_MIN) & (beats == k_c - 1)
@@ -298,21 +307,8 @@ def _block_thresholds(pre, own, k_c, BQ: tl.constexpr):
     beats = tl.sum((pre[None, :] > own[:, None]).to(tl.int32), 1)[:, None]
     beats = beats + tl.cumsum((own[None, :] > own[:, None]).to(tl.int32), 1)  # [BQ(a), BQ(r)]
     hit = (own[:, None] != INT64_MIN) & (a[:, None] <= a[None, :]) & (beats == k_c - 1)
-    return tl.maximum(best, tl.max(tl.where(hit, own[:, None], INT64_MIN), 0))
-
-
-@_kernel
-def ks_threshold_kernel(PACKED, PREFIX, THRESH, n, nb, k_c, BQ: tl.constexpr, KCP: tl.constexpr):
-    """T[i] = the k_c-th best of (prefix list of i's block) + (own block keys <= i); INT64_MIN if fewer.
-    Twin of index.ks_thresholds."""
-    b = tl.program_id(0)
-    z = tl.program_id(1).to(tl.int64)
-    rows = b * BQ + tl.arange(0, BQ)
-    ok = rows < n
-    own = tl.load(PACKED + z * n + rows, mask=ok, other=INT64_MIN)
-    c = tl.arange(0, KCP)
-    pre = tl.load(PREFIX + (z * nb + b) * k_c + c, mask=c < k_c, other=INT64_MIN)
-    tl.store(THRESH + z * n + rows, _block_thresholds(pre, own, k_c, BQ), mask=ok)
+    best = tl.maximum(best, tl.max(tl.where(hit, own[:, None], INT64_MIN), 0))
+    tl.store(THRESH + z * n + rows, best, mask=ok)
 
 
 # ---------------------------------------------------------------------------------------------------------

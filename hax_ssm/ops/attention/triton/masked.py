@@ -10,7 +10,7 @@ every part of the union at once (so there is no second kernel and no merge):
 
 The work is O(L^2 / 2) tile steps; no L x L tensor is stored, and memory stays O(L). ``lsh_counts`` builds
 q_count and k_rank by comparing bucket ids over the causal tiles; the key-selection thresholds come from
-the gathered path's index (``attention.ks_index``). The backward is one launch of dQ programs (per query
+the gathered path's index (``index.key_selection_index``). The backward is one launch of dQ programs (per query
 block) and dK/dV programs (per key tile, over the later query blocks): every output row has one writer,
 so it is deterministic, and gradients are stored in the inputs' dtype with no fp32 buffers.
 
@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hax_ssm.ops.attention.triton.index import Blocks, Parts, cdiv
+from hax_ssm.ops.attention.triton.index import Blocks, KeySelectionIndex, Parts, cdiv
 from hax_ssm.ops.attention.triton.kernels import (
     _dkdv_step,
     _dq_step,
@@ -213,23 +213,20 @@ def make_masked_plan(
     key_mask: Tensor,
     q_buckets: Tensor | None,
     k_buckets: Tensor | None,
-    key_scores: Tensor | None,
-    ks_index: Any,
+    ks: KeySelectionIndex,
 ) -> MaskedPlan:
-    """ks_index(scores, key_mask, k_c, bq) -> index.KeySelectionIndex: see attention.ks_index."""
+    """ks: the key-selection index (packed scores and thresholds), shared with the gathered path."""
     b, n = key_mask.shape
     mask = key_mask.to(torch.uint8).contiguous()
     i64 = torch.zeros(1, dtype=torch.int64, device=mask.device)  # stands in for buffers of absent parts
-    packed = threshold = qb = kb = i64
+    qb = kb = i64
     q_count = k_rank = torch.zeros(1, dtype=torch.int32, device=mask.device)
-    if parts.ks:
-        packed, _, _, threshold = ks_index(key_scores, key_mask, parts.k_c, blocks.q)
     if parts.lsh:
         qb, kb = (x.to(torch.int64).contiguous() for x in (q_buckets, k_buckets))
         q_count, k_rank = torch.empty(2, b, n, dtype=torch.int32, device=mask.device)
         lsh_counts[(cdiv(n, blocks.q), b)](qb, kb, mask, q_count, k_rank, n, BQ=blocks.q, BK=blocks.k)
     flags = (*parts.flags, parts.lsh)
-    return MaskedPlan(flags, blocks, dims, mask, packed, threshold, qb, kb, q_count, k_rank)
+    return MaskedPlan(flags, blocks, dims, mask, ks.packed, ks.threshold, qb, kb, q_count, k_rank)
 
 
 def _strides(*xs: Tensor) -> list[int]:

@@ -6,13 +6,14 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
 from torch import Tensor
 
 from hax_ssm.ops.attention.triton import kernels as kn
+from hax_ssm.ops.attention.triton import masked as mk
 from hax_ssm.ops.attention.triton.index import (
     Blocks,
     KeySelectionIndex,
@@ -24,7 +25,6 @@ from hax_ssm.ops.attention.triton.index import (
     lsh_index,
     lsh_items,
 )
-from hax_ssm.ops.attention.triton.masked import MaskedPlan, make_masked_plan, masked_backward, masked_forward
 from hax_ssm.ops.common import patch_triton_interpreter
 from hax_ssm.ops.patterns import SparseSpec
 
@@ -133,6 +133,43 @@ class Plan:
         return self.parts.flags
 
 
+class MaskedLsh(NamedTuple):
+    """The masked path's LSH metadata: buckets (int64) and, int32 [B, L], q_count (real keys <= i in query
+    i's bucket) and k_rank (rank of real key j among the real keys <= j of its bucket)."""
+
+    q_buckets: Tensor
+    k_buckets: Tensor
+    q_count: Tensor
+    k_rank: Tensor
+
+
+def masked_lsh(q_buckets: Tensor, k_buckets: Tensor, mask: Tensor, blocks: Blocks) -> MaskedLsh:
+    b, n = mask.shape
+    qb, kb = (x.to(torch.int64).contiguous() for x in (q_buckets, k_buckets))
+    q_count, k_rank = torch.empty(2, b, n, dtype=torch.int32, device=mask.device)
+    launch(mk.lsh_counts, (cdiv(n, blocks.q), b), qb, kb, mask, q_count, k_rank, n, BQ=blocks.q, BK=blocks.k,
+           blocks=blocks)  # fmt: skip
+    return MaskedLsh(qb, kb, q_count, k_rank)
+
+
+@dataclass
+class MaskedPlan:
+    """What the masked kernels need besides q, k, v: flags (k_c, r, full, sw, sink, dil, ks, lsh), sizes and
+    the per-token metadata (packed scores and thresholds of key selection, LSH buckets and counts)."""
+
+    flags: tuple[int, ...]
+    blocks: Blocks
+    dims: dict[str, int]
+    key_mask: Tensor  # uint8 [B, L]
+    packed: Tensor
+    threshold: Tensor
+    lsh: MaskedLsh
+
+    @property
+    def metadata(self) -> tuple[Tensor, ...]:
+        return self.key_mask, self.packed, self.threshold, *self.lsh
+
+
 def make_plan(
     spec: SparseSpec,
     q: Tensor,
@@ -149,22 +186,33 @@ def make_plan(
     device = q.device
     i64 = torch.zeros(1, dtype=torch.int64, device=device)  # stands in for buffers of absent parts
     i32 = torch.zeros(1, dtype=torch.int32, device=device)
+    mask = key_mask.to(torch.uint8).contiguous()
     ks = KeySelectionIndex(i64, i64, i32, i64)
     if parts.ks:
         ks = key_selection_index(key_scores, key_mask, parts.k_c, blocks.q, triton_thresholds)
     if uses_masked(parts, n):
-        return make_masked_plan(parts, blocks, dims, key_mask, q_buckets, k_buckets, ks)
+        lsh = MaskedLsh(i64, i64, i32, i32)
+        if parts.lsh:
+            lsh = masked_lsh(q_buckets, k_buckets, mask, blocks)
+        return MaskedPlan((*parts.flags, parts.lsh), blocks, dims, mask, ks.packed, ks.threshold, lsh)
     nb = cdiv(n, blocks.q)
     lsh = LshIndex(i32, i32, i32, i32)
     if parts.lsh:
         lsh = lsh_index(q_buckets, k_buckets, key_mask, parts.k_c)
-    return Plan(
-        parts, blocks, n, nb, dims, key_mask.to(torch.uint8).contiguous(), ks, lsh, parts.global_keys(n, device)
-    )
+    return Plan(parts, blocks, n, nb, dims, mask, ks, lsh, parts.global_keys(n, device))
 
 
 def _strides(*xs: Tensor) -> list[int]:
     return [s for x in xs for s in (x.stride(0), x.stride(1))]
+
+
+def _delta(out: Tensor, grad_out: Tensor, dims: dict[str, int], blocks: Blocks) -> Tensor:
+    """rowsum(dO * O) [B, L] in fp32."""
+    b, n = out.shape[:2]
+    delta = torch.empty(b, n, dtype=torch.float32, device=out.device)
+    launch(kn.delta_kernel, (cdiv(n, blocks.q), b), out, grad_out, delta, n, DV=dims["DV"], DVP=dims["DVP"],
+           BQ=blocks.q, blocks=blocks)  # fmt: skip
+    return delta
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, plan: Plan) -> tuple[Tensor, Tensor]:
@@ -199,9 +247,8 @@ def backward(
     small = {key: dims[key] for key in ("DK", "DV", "DKP", "DVP")}
     grad_out = grad_out.contiguous()
     device = q.device
-    delta = torch.empty(b, n, dtype=torch.float32, device=device)
+    delta = _delta(out, grad_out, dims, blocks)
     grid = (plan.nb, b)
-    launch(kn.delta_kernel, grid, out, grad_out, delta, n, DV=dv_, DVP=dims["DVP"], BQ=blocks.q, blocks=blocks)
     strides = _strides(q, k, v)
     common = (q, k, v, grad_out, lse, delta)
     dq = torch.empty(b, n, dk_, dtype=torch.float32, device=device)
@@ -272,6 +319,37 @@ def _far_dkdv(
             kn.segment_reduce, (keys.shape[1], b), keys, rows, part_k, part_v, dk, dv, n, keys.shape[1],
             n_chunks * n_slots, R=SEGMENT_ROWS, blocks=blocks, **small,
         )  # fmt: skip
+
+
+def masked_forward(q: Tensor, k: Tensor, v: Tensor, plan: MaskedPlan) -> tuple[Tensor, Tensor]:
+    b, n, _ = q.shape
+    blocks = plan.blocks
+    out = torch.empty(b, n, plan.dims["DV"], dtype=v.dtype, device=v.device)
+    lse = torch.empty(b, n, dtype=torch.float32, device=v.device)
+    launch(
+        mk.masked_fwd, (cdiv(n, blocks.q), b), q, k, v, out, lse, *plan.metadata, *_strides(q, k, v), n,
+        *plan.flags, blocks=blocks, **plan.dims, BQ=blocks.q, BK=blocks.k,
+    )  # fmt: skip
+    return out, lse
+
+
+def masked_backward(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor, plan: MaskedPlan
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One launch: dQ programs (per query block), then dK/dV programs (per key tile), stored in the inputs' dtype."""
+    b, n, _ = q.shape
+    blocks, dims = plan.blocks, plan.dims
+    grad_out = grad_out.contiguous()
+    delta = _delta(out, grad_out, dims, blocks)
+    dq = torch.empty(b, n, dims["DK"], dtype=q.dtype, device=q.device)
+    dk = torch.empty(b, n, dims["DK"], dtype=k.dtype, device=q.device)
+    dv = torch.empty(b, n, dims["DV"], dtype=v.dtype, device=q.device)
+    nb = cdiv(n, blocks.q)
+    launch(
+        mk.masked_bwd, (nb + cdiv(n, blocks.k), b), q, k, v, grad_out, lse, delta, dq, dk, dv, *plan.metadata,
+        *_strides(q, k, v), n, nb, *plan.flags, blocks=blocks, **dims, BQ=blocks.q, BK=blocks.k,
+    )  # fmt: skip
+    return dq, dk, dv
 
 
 class TritonSparseAttention(torch.autograd.Function):

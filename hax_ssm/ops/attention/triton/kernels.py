@@ -172,6 +172,14 @@ def _softmax_step(m_i, l_i, acc, q, kt, vt, allowed, PREC: tl.constexpr):
 
 
 @triton.jit
+def _store_output(OUT, LSE, z, n, i, ok, m_i, l_i, acc, DV: tl.constexpr, DVP: tl.constexpr):
+    """O = acc / l and LSE = m + log(l) of rows i after an online softmax; 0 and -inf for rows without keys."""
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    _store_rows(OUT + z * n * DV, i, ok, DV, (acc / l_safe[:, None]).to(OUT.dtype.element_ty), DV, DVP)
+    tl.store(LSE + z * n + i, tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=ok)
+
+
+@triton.jit
 def _merge(o1, lse1, m_i, l_i, acc):
     """Exact union of two disjoint key sets: (o1, lse1) and the unnormalised (m_i, l_i, acc)."""
     lse2 = tl.where(l_i > 0, m_i + tl.log(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
@@ -343,9 +351,7 @@ def kernel1_fwd(
             k_c, r, full, sw, sink, dil, ks, DK, DV, DKP, DVP, BK,
         )  # fmt: skip
         m_i, l_i, acc = _softmax_step(m_i, l_i, acc, q, kt, vt, allowed, PREC)
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    _store_rows(OUT + z * n * DV, i, i_ok, DV, (acc / l_safe[:, None]).to(OUT.dtype.element_ty), DV, DVP)
-    tl.store(LSE + z * n + i, tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=i_ok)
+    _store_output(OUT, LSE, z, n, i, i_ok, m_i, l_i, acc, DV, DVP)
 
 
 @_kernel

@@ -1,4 +1,5 @@
-"""The masked path of the Triton op, for short sequences with an LSH or key-selection part.
+"""Kernels of the masked path of the Triton op, for short sequences with an LSH or key-selection part
+(launchers in attention.py).
 
 At the paper's shape (L = 1058) the gathered O(L * k) path is latency-bound: about 70 small launches of
 sorting, top-k and work lists, then kernels whose tiles wait on index loads. Here every query block instead
@@ -20,15 +21,9 @@ crossover).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-import torch
 import triton
 import triton.language as tl
-from torch import Tensor
 
-from hax_ssm.ops.attention.triton.index import Blocks, KeySelectionIndex, Parts, cdiv
 from hax_ssm.ops.attention.triton.kernels import (
     _dkdv_step,
     _dq_step,
@@ -38,8 +33,8 @@ from hax_ssm.ops.attention.triton.kernels import (
     _load_query_grads,
     _load_rows,
     _softmax_step,
+    _store_output,
     _store_rows,
-    delta_kernel,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,9 +135,7 @@ def masked_fwd(
         kt, vt, key = _keys(K, V, MASK, PACKED, KB, KRANK, z, n, j, skb, skl, svb, svl, ks, lsh, DK, DV, DKP, DVP)
         allowed = _allowed(query, key, k_c, r, full, sw, sink, dil, ks, lsh)
         m_i, l_i, acc = _softmax_step(m_i, l_i, acc, q, kt, vt, allowed, PREC)
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    _store_rows(OUT + z * n * DV, i, i_ok, DV, (acc / l_safe[:, None]).to(OUT.dtype.element_ty), DV, DVP)
-    tl.store(LSE + z * n + i, tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf")), mask=i_ok)
+    _store_output(OUT, LSE, z, n, i, i_ok, m_i, l_i, acc, DV, DVP)
 
 
 @_kernel
@@ -184,88 +177,3 @@ def masked_bwd(
         j_ok = j < n
         _store_rows(DKB + z * n * DK, j, j_ok, DK, dk.to(DKB.dtype.element_ty), DK, DKP)
         _store_rows(DVB + z * n * DV, j, j_ok, DV, dv.to(DVB.dtype.element_ty), DV, DVP)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# launchers
-
-
-@dataclass
-class MaskedPlan:
-    """What the masked kernels need besides q, k, v: sizes, flags and the per-token metadata."""
-
-    flags: tuple[int, ...]  # (k_c, r, full, sw, sink, dil, ks, lsh), in kernel order
-    blocks: Blocks
-    dims: dict[str, int]
-    key_mask: Tensor  # uint8 [B, L]
-    packed: Tensor  # int64 [B, L] (key selection)
-    threshold: Tensor  # int64 [B, L] (key selection)
-    q_buckets: Tensor  # int64 [B, L] (LSH)
-    k_buckets: Tensor
-    q_count: Tensor  # int32 [B, L] (LSH): real keys <= i in query i's bucket
-    k_rank: Tensor  # int32 [B, L] (LSH): rank of real key j among the real keys <= j of its bucket
-
-
-def make_masked_plan(
-    parts: Parts,
-    blocks: Blocks,
-    dims: dict[str, int],
-    key_mask: Tensor,
-    q_buckets: Tensor | None,
-    k_buckets: Tensor | None,
-    ks: KeySelectionIndex,
-) -> MaskedPlan:
-    """ks: the key-selection index (packed scores and thresholds), shared with the gathered path."""
-    b, n = key_mask.shape
-    mask = key_mask.to(torch.uint8).contiguous()
-    i64 = torch.zeros(1, dtype=torch.int64, device=mask.device)  # stands in for buffers of absent parts
-    qb = kb = i64
-    q_count = k_rank = torch.zeros(1, dtype=torch.int32, device=mask.device)
-    if parts.lsh:
-        qb, kb = (x.to(torch.int64).contiguous() for x in (q_buckets, k_buckets))
-        q_count, k_rank = torch.empty(2, b, n, dtype=torch.int32, device=mask.device)
-        lsh_counts[(cdiv(n, blocks.q), b)](qb, kb, mask, q_count, k_rank, n, BQ=blocks.q, BK=blocks.k)
-    flags = (*parts.flags, parts.lsh)
-    return MaskedPlan(flags, blocks, dims, mask, ks.packed, ks.threshold, qb, kb, q_count, k_rank)
-
-
-def _strides(*xs: Tensor) -> list[int]:
-    return [s for x in xs for s in (x.stride(0), x.stride(1))]
-
-
-def _launch(kernel: Any, grid: tuple[int, ...], *args: Any, plan: MaskedPlan) -> None:
-    blocks = plan.blocks
-    kernel[grid](*args, *plan.flags, **plan.dims, BQ=blocks.q, BK=blocks.k, num_warps=blocks.warps,
-                 num_stages=blocks.stages)  # fmt: skip
-
-
-def _meta(plan: MaskedPlan) -> tuple[Tensor, ...]:
-    return plan.key_mask, plan.packed, plan.threshold, plan.q_buckets, plan.k_buckets, plan.q_count, plan.k_rank
-
-
-def masked_forward(q: Tensor, k: Tensor, v: Tensor, plan: MaskedPlan) -> tuple[Tensor, Tensor]:
-    b, n, _ = q.shape
-    out = torch.empty(b, n, plan.dims["DV"], dtype=v.dtype, device=v.device)
-    lse = torch.empty(b, n, dtype=torch.float32, device=v.device)
-    grid = (cdiv(n, plan.blocks.q), b)
-    _launch(masked_fwd, grid, q, k, v, out, lse, *_meta(plan), *_strides(q, k, v), n, plan=plan)
-    return out, lse
-
-
-def masked_backward(
-    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor, plan: MaskedPlan
-) -> tuple[Tensor, Tensor, Tensor]:
-    b, n, _ = q.shape
-    blocks, dims = plan.blocks, plan.dims
-    grad_out = grad_out.contiguous()
-    nb = cdiv(n, blocks.q)
-    delta = torch.empty(b, n, dtype=torch.float32, device=q.device)
-    delta_kernel[(nb, b)](out, grad_out, delta, n, DV=dims["DV"], DVP=dims["DVP"], BQ=blocks.q,
-                          num_warps=blocks.warps)  # fmt: skip
-    dq = torch.empty(b, n, dims["DK"], dtype=q.dtype, device=q.device)
-    dk = torch.empty(b, n, dims["DK"], dtype=k.dtype, device=q.device)
-    dv = torch.empty(b, n, dims["DV"], dtype=v.dtype, device=q.device)
-    grid = (nb + cdiv(n, blocks.k), b)
-    _launch(masked_bwd, grid, q, k, v, grad_out, lse, delta, dq, dk, dv, *_meta(plan), *_strides(q, k, v), n, nb,
-            plan=plan)  # fmt: skip
-    return dq, dk, dv

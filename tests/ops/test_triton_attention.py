@@ -134,11 +134,11 @@ def index_inputs(n, device):
 
 
 def check_index_kernels(n, k_c, bq, *, device):
-    """The index kernels against their torch twins: key-selection thresholds (index.ks_thresholds) and
-    the masked path's LSH counts (q_count, k_rank of lsh.lsh_candidates)."""
-    from hax_ssm.ops.attention.triton.attention import triton_thresholds
-    from hax_ssm.ops.attention.triton.index import key_selection_index
-    from hax_ssm.ops.attention.triton.masked import lsh_counts
+    """The index kernels against their torch twins: the gathered path's key-selection thresholds
+    (index.ks_thresholds), and the masked path's packed scores, thresholds and LSH counts (q_count, k_rank of
+    lsh.lsh_candidates), with buckets inside the count table and outside it (negative, above 2**32)."""
+    from hax_ssm.ops.attention.triton.attention import masked_index, triton_thresholds
+    from hax_ssm.ops.attention.triton.index import Blocks, Parts, key_selection_index, pack_scores
     from hax_ssm.ops.lsh import lsh_candidates
 
     mask, scores, (qb, kb) = index_inputs(n, device)
@@ -146,11 +146,16 @@ def check_index_kernels(n, k_c, bq, *, device):
     expected = key_selection_index(scores, mask, k_c, bq)
     for name, a, e in zip(expected._fields, actual, expected, strict=True):
         assert torch.equal(a, e), name
-    counts = torch.empty(2, 3, n, dtype=torch.int32, device=device)
-    lsh_counts[(-(-n // bq), 3)](qb, kb, mask.to(torch.uint8), counts[0], counts[1], n, BQ=bq, BK=bq)
-    expected = lsh_candidates(qb, kb, mask, k_c)
-    assert torch.equal(counts[0].long(), expected.q_count)
-    assert torch.equal(counts[1].long(), expected.k_rank)
+    parts = Parts.of(parse_sparse_arch("hax", sparse_keys=2 * k_c))
+    outside = torch.rand(qb.shape, device=device) < 0.1
+    far = torch.where(torch.rand(qb.shape, device=device) < 0.5, -qb - 1, qb + 2**40)
+    for q_buckets, k_buckets in ((qb, kb), (torch.where(outside, far, qb), torch.where(outside.roll(1, 1), far, kb))):
+        index = masked_index(parts, 4, mask.to(torch.uint8), scores, q_buckets, k_buckets, Blocks(q=bq))
+        assert torch.equal(index.packed, pack_scores(scores, mask))
+        assert torch.equal(index.threshold, expected.threshold)
+        lsh = lsh_candidates(q_buckets, k_buckets, mask, k_c)
+        assert torch.equal(index.q_count.long(), lsh.q_count)
+        assert torch.equal(index.k_rank.long(), lsh.k_rank)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")

@@ -40,6 +40,8 @@ SEGMENT_ROWS = 16  # partial rows summed per step of segment_reduce
 MASKED_MAX_LENGTH = 1792
 PATHS = ("auto", "gathered", "masked")
 PATH_OVERRIDE = "auto"  # set through force_path()
+# LSH buckets below this count per sequence in a table of the masked index (larger ones are counted by scanning)
+HIST_SIZE = 4096
 
 
 def padded(d: int) -> int:
@@ -133,41 +135,62 @@ class Plan:
         return self.parts.flags
 
 
-class MaskedLsh(NamedTuple):
-    """The masked path's LSH metadata: buckets (int64) and, int32 [B, L], q_count (real keys <= i in query
-    i's bucket) and k_rank (rank of real key j among the real keys <= j of its bucket)."""
+class MaskedIndex(NamedTuple):
+    """The masked path's per-token metadata, [B, L]: packed key-selection scores and thresholds (int64), LSH
+    buckets (int64), q_count (real keys <= i in query i's bucket) and k_rank (rank of real key j among the
+    real keys <= j of its bucket), int32."""
 
+    packed: Tensor
+    threshold: Tensor
     q_buckets: Tensor
     k_buckets: Tensor
     q_count: Tensor
     k_rank: Tensor
 
 
-def masked_lsh(q_buckets: Tensor, k_buckets: Tensor, mask: Tensor, blocks: Blocks) -> MaskedLsh:
+def masked_index(
+    parts: Parts, num_buckets: int, mask: Tensor, key_scores: Tensor | None, q_buckets: Tensor | None,
+    k_buckets: Tensor | None, blocks: Blocks,
+) -> MaskedIndex:  # fmt: skip
+    """One launch of ``masked.masked_index`` (none for a positional pattern); absent parts get stand-ins."""
     b, n = mask.shape
-    qb, kb = (x.to(torch.int64).contiguous() for x in (q_buckets, k_buckets))
-    q_count, k_rank = torch.empty(2, b, n, dtype=torch.int32, device=mask.device)
-    launch(mk.lsh_counts, (cdiv(n, blocks.q), b), qb, kb, mask, q_count, k_rank, n, BQ=blocks.q, BK=blocks.k,
-           blocks=blocks)  # fmt: skip
-    return MaskedLsh(qb, kb, q_count, k_rank)
+    device = mask.device
+    i64 = torch.zeros(1, dtype=torch.int64, device=device)
+    i32 = hist = torch.zeros(1, dtype=torch.int32, device=device)
+    index = MaskedIndex(i64, i64, i64, i64, i32, i32)
+    n_hist = min(num_buckets, HIST_SIZE)
+    if parts.ks:
+        packed, threshold = torch.empty(2, b, n, dtype=torch.int64, device=device)
+        index = index._replace(packed=packed, threshold=threshold)
+    if parts.lsh:
+        q_count, k_rank = torch.empty(2, b, n, dtype=torch.int32, device=device)
+        qb, kb = (x.to(torch.int64).contiguous() for x in (q_buckets, k_buckets))
+        index = index._replace(q_buckets=qb, k_buckets=kb, q_count=q_count, k_rank=k_rank)
+        hist = torch.empty(b, n_hist, dtype=torch.int32, device=device)
+    if parts.ks or parts.lsh:
+        scores = key_scores.contiguous() if parts.ks else i64
+        launch(
+            mk.masked_index, (b,), scores, mask, index.q_buckets, index.k_buckets, hist, index.packed,
+            index.threshold, index.q_count, index.k_rank, n, parts.k_c, n_hist, ks=parts.ks, lsh=parts.lsh,
+            BQ=blocks.q, KCP=triton.next_power_of_2(parts.k_c), BH=1024, blocks=blocks,
+        )  # fmt: skip
+    return index
 
 
 @dataclass
 class MaskedPlan:
-    """What the masked kernels need besides q, k, v: flags (k_c, r, full, sw, sink, dil, ks, lsh), sizes and
-    the per-token metadata (packed scores and thresholds of key selection, LSH buckets and counts)."""
+    """What the masked kernels need besides q, k, v: flags (k_c, r, full, sw, sink, dil, ks, lsh), sizes,
+    the key mask and the per-token metadata."""
 
     flags: tuple[int, ...]
     blocks: Blocks
     dims: dict[str, int]
     key_mask: Tensor  # uint8 [B, L]
-    packed: Tensor
-    threshold: Tensor
-    lsh: MaskedLsh
+    index: MaskedIndex
 
     @property
     def metadata(self) -> tuple[Tensor, ...]:
-        return self.key_mask, self.packed, self.threshold, *self.lsh
+        return self.key_mask, *self.index
 
 
 def make_plan(
@@ -187,14 +210,12 @@ def make_plan(
     i64 = torch.zeros(1, dtype=torch.int64, device=device)  # stands in for buffers of absent parts
     i32 = torch.zeros(1, dtype=torch.int32, device=device)
     mask = key_mask.to(torch.uint8).contiguous()
+    if uses_masked(parts, n):
+        index = masked_index(parts, spec.num_buckets, mask, key_scores, q_buckets, k_buckets, blocks)
+        return MaskedPlan((*parts.flags, parts.lsh), blocks, dims, mask, index)
     ks = KeySelectionIndex(i64, i64, i32, i64)
     if parts.ks:
         ks = key_selection_index(key_scores, key_mask, parts.k_c, blocks.q, triton_thresholds)
-    if uses_masked(parts, n):
-        lsh = MaskedLsh(i64, i64, i32, i32)
-        if parts.lsh:
-            lsh = masked_lsh(q_buckets, k_buckets, mask, blocks)
-        return MaskedPlan((*parts.flags, parts.lsh), blocks, dims, mask, ks.packed, ks.threshold, lsh)
     nb = cdiv(n, blocks.q)
     lsh = LshIndex(i32, i32, i32, i32)
     if parts.lsh:

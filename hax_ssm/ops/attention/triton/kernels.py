@@ -291,22 +291,12 @@ def _lsh_tile(
 # index kernel
 
 
-@_kernel
-def ks_threshold_kernel(PACKED, PREFIX, THRESH, n, nb, k_c, BQ: tl.constexpr, KCP: tl.constexpr):
-    """T[i] = the k_c-th best of (prefix list of i's block) + (own block keys <= i); INT64_MIN if fewer.
-
-    A candidate x available at row r is the threshold iff exactly k_c - 1 available candidates beat it
-    (packed keys are distinct). Twin of index.ks_thresholds.
-    """
-    b = tl.program_id(0)
-    z = tl.program_id(1).to(tl.int64)
-    a = tl.arange(0, BQ)
-    rows = b * BQ + a
-    ok = rows < n
-    own = tl.load(PACKED + z * n + rows, mask=ok, other=INT64_MIN)
-    c = tl.arange(0, KCP)
-    pre = tl.load(PREFIX + (z * nb + b) * k_c + c, mask=c < k_c, other=INT64_MIN)
-    # candidates from the prefix list: available at every row
+@triton.jit
+def _threshold_rows(pre, own, a, k_c):
+    """[BQ]: per row r of a block, the k_c-th best of the earlier candidates pre [KCP] (INT64_MIN = none)
+    and the block's own packed keys a <= r; INT64_MIN if fewer. A candidate x available at row r is the
+    threshold iff exactly k_c - 1 available candidates beat it (packed keys are distinct)."""
+    # candidates from the earlier list: available at every row
     beats = tl.sum((pre[None, :] > pre[:, None]).to(tl.int32), 1)[:, None]
     beats = beats + tl.cumsum((own[None, :] > pre[:, None]).to(tl.int32), 1)  # [KCP, BQ(r)]
     hit = (pre[:, None] != INT64_MIN) & (beats == k_c - 1)
@@ -315,8 +305,22 @@ def ks_threshold_kernel(PACKED, PREFIX, THRESH, n, nb, k_c, BQ: tl.constexpr, KC
     beats = tl.sum((pre[None, :] > own[:, None]).to(tl.int32), 1)[:, None]
     beats = beats + tl.cumsum((own[None, :] > own[:, None]).to(tl.int32), 1)  # [BQ(a), BQ(r)]
     hit = (own[:, None] != INT64_MIN) & (a[:, None] <= a[None, :]) & (beats == k_c - 1)
-    best = tl.maximum(best, tl.max(tl.where(hit, own[:, None], INT64_MIN), 0))
-    tl.store(THRESH + z * n + rows, best, mask=ok)
+    return tl.maximum(best, tl.max(tl.where(hit, own[:, None], INT64_MIN), 0))
+
+
+@_kernel
+def ks_threshold_kernel(PACKED, PREFIX, THRESH, n, nb, k_c, BQ: tl.constexpr, KCP: tl.constexpr):
+    """T[i] = the k_c-th best of (prefix list of i's block) + (own block keys <= i). Twin of
+    index.ks_thresholds."""
+    b = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    a = tl.arange(0, BQ)
+    rows = b * BQ + a
+    ok = rows < n
+    own = tl.load(PACKED + z * n + rows, mask=ok, other=INT64_MIN)
+    c = tl.arange(0, KCP)
+    pre = tl.load(PREFIX + (z * nb + b) * k_c + c, mask=c < k_c, other=INT64_MIN)
+    tl.store(THRESH + z * n + rows, _threshold_rows(pre, own, a, k_c), mask=ok)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ every part of the union at once (so there is no second kernel and no merge):
   kernel-1 parts as in the gathered path (window, sink, dilated, full, packed[j] >= T_i for key selection)
   | LSH: k_bucket[j] == q_bucket[i] and k_rank[j] > q_count[i] - k_c (the k_c newest of the bucket).
 
-The work is O(L^2 / 2) tile steps; no L x L tensor is stored, and memory stays O(L). ``lsh_counts`` builds
-q_count and k_rank by comparing bucket ids over the causal tiles; the key-selection thresholds come from
-the gathered path's index (``index.key_selection_index``). The backward is one launch of dQ programs (per query
-block) and dK/dV programs (per key tile, over the later query blocks): every output row has one writer,
-so it is deterministic, and gradients are stored in the inputs' dtype with no fp32 buffers.
+The work is O(L^2 / 2) tile steps; no L x L tensor is stored, and memory stays O(L). The predicate's
+per-token metadata (packed scores and thresholds, q_count and k_rank) comes from ``masked_index``: one
+launch, one program per sequence that walks its blocks in order, instead of the gathered path's ~30 launches
+of scans and sorts. The backward is one launch of dQ programs (per query block) and dK/dV programs (per key
+tile, over the later query blocks): every output row has one writer, so it is deterministic, and gradients
+are stored in the inputs' dtype with no fp32 buffers.
 
 ``attention.MASKED_MAX_LENGTH`` is where this path stops paying (``benchmarks/attention.py`` measures the
 crossover).
@@ -25,6 +26,7 @@ import triton
 import triton.language as tl
 
 from hax_ssm.ops.attention.triton.kernels import (
+    INT64_MIN,
     _dkdv_step,
     _dq_step,
     _kernel,
@@ -35,35 +37,108 @@ from hax_ssm.ops.attention.triton.kernels import (
     _softmax_step,
     _store_output,
     _store_rows,
+    _threshold_rows,
 )
 
 # ---------------------------------------------------------------------------------------------------------
 # kernels
 
 
-@_kernel
-def lsh_counts(QB, KB, MASK, QCOUNT, KRANK, n, BQ: tl.constexpr, BK: tl.constexpr):
-    """Per token t: QCOUNT = real keys j <= t in t's query bucket; KRANK = real keys j <= t in t's key bucket
-    (0 for a padding key). Twin of the q_count / k_rank of lsh.lsh_candidates."""
-    b = tl.program_id(0)
-    z = tl.program_id(1).to(tl.int64)
-    t = b * BQ + tl.arange(0, BQ)
-    ok = t < n
+@triton.jit
+def _pack_scores(x, t, real):
+    """Twin of index.pack_scores: (fp32 bits as a monotone integer) * 2**32 + (2**32 - 1 - t), INT64_MIN for
+    padding."""
+    x = tl.where(x == 0.0, 0.0, x)  # -0.0 -> +0.0: equal scores must pack equal
+    bits = x.to(tl.int32, bitcast=True)
+    order = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(tl.int64)
+    return tl.where(real, order * 4294967296 + (4294967295 - t.to(tl.int64)), INT64_MIN)
+
+
+@triton.jit
+def _merge_best(best, own, k_c, KCP: tl.constexpr):
+    """The k_c best (descending, INT64_MIN = none) of the earlier best list [KCP] and the block's keys."""
+    rank_best = tl.sum((best[None, :] > best[:, None]).to(tl.int32), 1)
+    rank_best += tl.sum((own[None, :] > best[:, None]).to(tl.int32), 1)
+    rank_own = tl.sum((best[None, :] > own[:, None]).to(tl.int32), 1)
+    rank_own += tl.sum((own[None, :] > own[:, None]).to(tl.int32), 1)
+    slot = tl.arange(0, KCP)[:, None]  # padding keys share one rank (after every real key): they stay none
+    merged = tl.max(tl.where(rank_best[None, :] == slot, best[None, :], INT64_MIN), 1)
+    merged = tl.maximum(merged, tl.max(tl.where(rank_own[None, :] == slot, own[None, :], INT64_MIN), 1))
+    return tl.where(tl.arange(0, KCP) < k_c, merged, INT64_MIN)
+
+
+@triton.jit
+def _count_earlier(KB, MASK, z, n, s, qb, kb, BQ: tl.constexpr):
+    """Real keys before position s in each row's query bucket (qb) and key bucket (kb), by scanning them."""
+    q_before = tl.zeros([BQ], tl.int32)
+    k_before = tl.zeros([BQ], tl.int32)
+    for s0 in range(0, s, BQ):
+        j = s0 + tl.arange(0, BQ)
+        kb_j = tl.load(KB + z * n + j)
+        real_j = tl.load(MASK + z * n + j) != 0
+        q_before += tl.sum(((kb_j[None, :] == qb[:, None]) & real_j[None, :]).to(tl.int32), 1)
+        k_before += tl.sum(((kb_j[None, :] == kb[:, None]) & real_j[None, :]).to(tl.int32), 1)
+    return q_before, k_before
+
+
+@triton.jit
+def _lsh_counts(QB, KB, MASK, HIST, z, n, s, t, ok, real, n_hist, BQ: tl.constexpr):
+    """q_count, k_rank of the block's rows t (see lsh.LshCandidates). HIST[bucket] holds the real keys of
+    each bucket in [0, n_hist) before the block; a block with a bucket outside that range scans the earlier
+    keys instead (exact for any integer buckets)."""
     qb = tl.load(QB + z * n + t, mask=ok, other=0)
     kb = tl.load(KB + z * n + t, mask=ok, other=0)
-    real = ok & (tl.load(MASK + z * n + t, mask=ok, other=0) != 0)
-    q_count = tl.zeros([BQ], tl.int32)
-    k_rank = tl.zeros([BQ], tl.int32)
-    for s in range(0, min(b * BQ + BQ, n), BK):
-        j = s + tl.arange(0, BK)
-        j_ok = j < n
-        j_real = j_ok & (tl.load(MASK + z * n + j, mask=j_ok, other=0) != 0)
-        kb_j = tl.load(KB + z * n + j, mask=j_ok, other=0)
-        before = (j[None, :] <= t[:, None]) & j_real[None, :]
-        q_count += tl.sum(((kb_j[None, :] == qb[:, None]) & before).to(tl.int32), 1)
-        k_rank += tl.sum(((kb_j[None, :] == kb[:, None]) & before).to(tl.int32), 1)
-    tl.store(QCOUNT + z * n + t, q_count, mask=ok)
-    tl.store(KRANK + z * n + t, tl.where(real, k_rank, 0), mask=ok)
+    k_listed = (kb >= 0) & (kb < n_hist)
+    listed = ((qb >= 0) & (qb < n_hist) & k_listed) | ~ok
+    if tl.min(listed.to(tl.int32), 0) == 0:
+        q_before, k_before = _count_earlier(KB, MASK, z, n, s, qb, kb, BQ)
+    else:
+        q_before = tl.load(HIST + qb, mask=ok, other=0, volatile=True)
+        k_before = tl.load(HIST + kb, mask=ok, other=0, volatile=True)
+    a = tl.arange(0, BQ)
+    same = (kb[None, :] == kb[:, None]) & real[None, :]  # [row, key a] of the block
+    q_count = q_before + tl.sum(((kb[None, :] == qb[:, None]) & real[None, :] & (a[None, :] <= a[:, None])).to(tl.int32), 1)
+    k_rank = k_before + tl.sum((same & (a[None, :] <= a[:, None])).to(tl.int32), 1)
+    tl.debug_barrier()  # every row has read the table before the block's last key of each bucket updates it
+    last = real & k_listed & (tl.sum((same & (a[None, :] > a[:, None])).to(tl.int32), 1) == 0)
+    tl.store(HIST + kb, k_rank, mask=last)
+    tl.debug_barrier()  # ... and the update is visible to the next block
+    return q_count, tl.where(real, k_rank, 0)
+
+
+@_kernel
+def masked_index(
+    SCORES, MASK, QB, KB, HIST, PACKED, THRESH, QCOUNT, KRANK, n, k_c, n_hist,
+    ks: tl.constexpr, lsh: tl.constexpr, BQ: tl.constexpr, KCP: tl.constexpr, BH: tl.constexpr,
+):  # fmt: skip
+    """The masked path's whole index in one program per sequence, walking its blocks of BQ tokens in order.
+
+    Key selection: packs the scores (PACKED) and carries the k_c best packed keys so far, from which each
+    row's threshold follows (THRESH, as ks_threshold_kernel does from a prefix list). LSH: carries a count
+    of real keys per bucket in HIST (scratch [n_hist] per sequence) for QCOUNT and KRANK. O(L * (k_c + BQ))
+    work per sequence instead of the gathered path's scans and sorts, in one launch.
+    """
+    z = tl.program_id(0).to(tl.int64)
+    a = tl.arange(0, BQ)
+    hist = HIST + z * n_hist
+    if lsh:
+        for h in range(0, n_hist, BH):
+            tl.store(hist + h + tl.arange(0, BH), 0, mask=h + tl.arange(0, BH) < n_hist)
+        tl.debug_barrier()
+    best = tl.full([KCP], INT64_MIN, tl.int64)
+    for s in range(0, n, BQ):
+        t = s + a
+        ok = t < n
+        real = ok & (tl.load(MASK + z * n + t, mask=ok, other=0) != 0)
+        if ks:
+            own = _pack_scores(tl.load(SCORES + z * n + t, mask=ok, other=0.0).to(tl.float32), t, real)
+            tl.store(PACKED + z * n + t, own, mask=ok)
+            tl.store(THRESH + z * n + t, _threshold_rows(best, own, a, k_c), mask=ok)
+            best = _merge_best(best, own, k_c, KCP)
+        if lsh:
+            q_count, k_rank = _lsh_counts(QB, KB, MASK, hist, z, n, s, t, ok, real, n_hist, BQ)
+            tl.store(QCOUNT + z * n + t, q_count, mask=ok)
+            tl.store(KRANK + z * n + t, k_rank, mask=ok)
 
 
 @triton.jit

@@ -40,8 +40,9 @@ SEGMENT_ROWS = 16  # partial rows summed per step of segment_reduce
 MASKED_MAX_LENGTH = 1792
 PATHS = ("auto", "gathered", "masked")
 PATH_OVERRIDE = "auto"  # set through force_path()
-# LSH buckets below this count per sequence in a table of the masked index (larger ones are counted by scanning)
-HIST_SIZE = 4096
+# The masked index counts LSH buckets below this in per-block tables (n_hist int32 per block: 32 bytes per token at
+# 512 buckets, BQ 64); a block with a larger (or negative) bucket id scans the earlier keys instead.
+HIST_SIZE = 512
 
 
 def padded(d: int) -> int:
@@ -152,28 +153,35 @@ def masked_index(
     parts: Parts, num_buckets: int, mask: Tensor, key_scores: Tensor | None, q_buckets: Tensor | None,
     k_buckets: Tensor | None, blocks: Blocks,
 ) -> MaskedIndex:  # fmt: skip
-    """One launch of ``masked.masked_index`` (none for a positional pattern); absent parts get stand-ins."""
+    """Two launches, masked.index_blocks then masked.index_rows (none for a positional pattern); absent parts
+    get stand-ins."""
     b, n = mask.shape
+    nb = cdiv(n, blocks.q)
     device = mask.device
-    i64 = torch.zeros(1, dtype=torch.int64, device=device)
+    i64 = sorted_keys = torch.zeros(1, dtype=torch.int64, device=device)
     i32 = hist = torch.zeros(1, dtype=torch.int32, device=device)
     index = MaskedIndex(i64, i64, i64, i64, i32, i32)
     n_hist = min(num_buckets, HIST_SIZE)
     if parts.ks:
         packed, threshold = torch.empty(2, b, n, dtype=torch.int64, device=device)
         index = index._replace(packed=packed, threshold=threshold)
+        sorted_keys = torch.empty(b, nb, blocks.q, dtype=torch.int64, device=device)
     if parts.lsh:
         q_count, k_rank = torch.empty(2, b, n, dtype=torch.int32, device=device)
         qb, kb = (x.to(torch.int64).contiguous() for x in (q_buckets, k_buckets))
         index = index._replace(q_buckets=qb, k_buckets=kb, q_count=q_count, k_rank=k_rank)
-        hist = torch.empty(b, n_hist, dtype=torch.int32, device=device)
-    if parts.ks or parts.lsh:
-        scores = key_scores.contiguous() if parts.ks else i64
-        launch(
-            mk.masked_index, (b,), scores, mask, index.q_buckets, index.k_buckets, hist, index.packed,
-            index.threshold, index.q_count, index.k_rank, n, parts.k_c, n_hist, ks=parts.ks, lsh=parts.lsh,
-            BQ=blocks.q, KCP=triton.next_power_of_2(parts.k_c), BH=1024, blocks=blocks,
-        )  # fmt: skip
+        hist = torch.empty(b, nb, n_hist, dtype=torch.int32, device=device)
+    if not (parts.ks or parts.lsh):
+        return index
+    flags = {"ks": parts.ks, "lsh": parts.lsh, "BQ": blocks.q, "blocks": blocks}
+    scores = key_scores.contiguous() if parts.ks else i64
+    launch(mk.index_blocks, (nb, b), scores, mask, index.k_buckets, index.packed, sorted_keys, hist, n, nb, n_hist,
+           BH=1024, **flags)  # fmt: skip
+    launch(
+        mk.index_rows, (nb, b), mask, index.q_buckets, index.k_buckets, index.packed, sorted_keys, hist,
+        index.threshold, index.q_count, index.k_rank, n, nb, parts.k_c, n_hist,
+        KCP=triton.next_power_of_2(parts.k_c), **flags,
+    )  # fmt: skip
     return index
 
 

@@ -55,16 +55,16 @@ def _pack_scores(x, t, real):
 
 
 @triton.jit
-def _merge_best(best, own, k_c, KCP: tl.constexpr):
-    """The k_c best (descending, INT64_MIN = none) of the earlier best list [KCP] and the block's keys."""
-    rank_best = tl.sum((best[None, :] > best[:, None]).to(tl.int32), 1)
-    rank_best += tl.sum((own[None, :] > best[:, None]).to(tl.int32), 1)
-    rank_own = tl.sum((best[None, :] > own[:, None]).to(tl.int32), 1)
-    rank_own += tl.sum((own[None, :] > own[:, None]).to(tl.int32), 1)
-    slot = tl.arange(0, KCP)[:, None]  # padding keys share one rank (after every real key): they stay none
-    merged = tl.max(tl.where(rank_best[None, :] == slot, best[None, :], INT64_MIN), 1)
-    merged = tl.maximum(merged, tl.max(tl.where(rank_own[None, :] == slot, own[None, :], INT64_MIN), 1))
-    return tl.where(tl.arange(0, KCP) < k_c, merged, INT64_MIN)
+def _merge_sorted(x, y, KCP: tl.constexpr):
+    """The best len(x) of two descending lists x, y [KCP] (INT64_MIN = none), descending. Packed keys are
+    distinct, so the rank of x[c] in the union is c + #{y > x[c]}; 'none' entries rank after every key."""
+    y_beats = y[None, :] > x[:, None]  # [c, d]
+    x_real = x != INT64_MIN
+    slot = tl.arange(0, KCP)
+    rank_x = slot + tl.sum(y_beats.to(tl.int32), 1)
+    rank_y = slot + tl.sum((~y_beats & x_real[:, None]).to(tl.int32), 0)  # x[c] > y[d]
+    merged = tl.max(tl.where(rank_x[None, :] == slot[:, None], x[None, :], INT64_MIN), 1)
+    return tl.maximum(merged, tl.max(tl.where(rank_y[None, :] == slot[:, None], y[None, :], INT64_MIN), 1))
 
 
 @triton.jit
@@ -82,63 +82,75 @@ def _count_earlier(KB, MASK, z, n, s, qb, kb, BQ: tl.constexpr):
 
 
 @triton.jit
-def _lsh_counts(QB, KB, MASK, HIST, z, n, s, t, ok, real, n_hist, BQ: tl.constexpr):
-    """q_count, k_rank of the block's rows t (see lsh.LshCandidates). HIST[bucket] holds the real keys of
-    each bucket in [0, n_hist) before the block; a block with a bucket outside that range scans the earlier
-    keys instead (exact for any integer buckets)."""
-    qb = tl.load(QB + z * n + t, mask=ok, other=0)
-    kb = tl.load(KB + z * n + t, mask=ok, other=0)
-    k_listed = (kb >= 0) & (kb < n_hist)
-    listed = ((qb >= 0) & (qb < n_hist) & k_listed) | ~ok
-    if tl.min(listed.to(tl.int32), 0) == 0:
-        q_before, k_before = _count_earlier(KB, MASK, z, n, s, qb, kb, BQ)
-    else:
-        q_before = tl.load(HIST + qb, mask=ok, other=0, volatile=True)
-        k_before = tl.load(HIST + kb, mask=ok, other=0, volatile=True)
-    a = tl.arange(0, BQ)
-    same = (kb[None, :] == kb[:, None]) & real[None, :]  # [row, key a] of the block
-    q_count = q_before + tl.sum(((kb[None, :] == qb[:, None]) & real[None, :] & (a[None, :] <= a[:, None])).to(tl.int32), 1)
-    k_rank = k_before + tl.sum((same & (a[None, :] <= a[:, None])).to(tl.int32), 1)
-    tl.debug_barrier()  # every row has read the table before the block's last key of each bucket updates it
-    last = real & k_listed & (tl.sum((same & (a[None, :] > a[:, None])).to(tl.int32), 1) == 0)
-    tl.store(HIST + kb, k_rank, mask=last)
-    tl.debug_barrier()  # ... and the update is visible to the next block
-    return q_count, tl.where(real, k_rank, 0)
+def _block(MASK, z, n, b, BQ: tl.constexpr):
+    t = b * BQ + tl.arange(0, BQ)
+    ok = t < n
+    return t, ok, ok & (tl.load(MASK + z * n + t, mask=ok, other=0) != 0)
 
 
 @_kernel
-def masked_index(
-    SCORES, MASK, QB, KB, HIST, PACKED, THRESH, QCOUNT, KRANK, n, k_c, n_hist,
-    ks: tl.constexpr, lsh: tl.constexpr, BQ: tl.constexpr, KCP: tl.constexpr, BH: tl.constexpr,
+def index_blocks(
+    SCORES, MASK, KB, PACKED, SORTED, HIST, n, nb, n_hist,
+    ks: tl.constexpr, lsh: tl.constexpr, BQ: tl.constexpr, BH: tl.constexpr,
 ):  # fmt: skip
-    """The masked path's whole index in one program per sequence, walking its blocks of BQ tokens in order.
-
-    Key selection: packs the scores (PACKED) and carries the k_c best packed keys so far, from which each
-    row's threshold follows (THRESH, as ks_threshold_kernel does from a prefix list). LSH: carries a count
-    of real keys per bucket in HIST (scratch [n_hist] per sequence) for QCOUNT and KRANK. O(L * (k_c + BQ))
-    work per sequence instead of the gathered path's scans and sorts, in one launch.
-    """
-    z = tl.program_id(0).to(tl.int64)
-    a = tl.arange(0, BQ)
-    hist = HIST + z * n_hist
+    """Per block of BQ tokens, what later blocks need of it. Key selection: the packed scores (PACKED) and
+    the block's packed keys in descending order (SORTED). LSH: how many of its real keys fall in each
+    bucket below n_hist (HIST, [n_hist] per block)."""
+    b = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    t, ok, real = _block(MASK, z, n, b, BQ)
+    if ks:
+        own = _pack_scores(tl.load(SCORES + z * n + t, mask=ok, other=0.0).to(tl.float32), t, real)
+        tl.store(PACKED + z * n + t, own, mask=ok)
+        tl.store(SORTED + (z * nb + b) * BQ + tl.arange(0, BQ), tl.sort(own, descending=True))
     if lsh:
+        hist = HIST + (z * nb + b) * n_hist
         for h in range(0, n_hist, BH):
             tl.store(hist + h + tl.arange(0, BH), 0, mask=h + tl.arange(0, BH) < n_hist)
-        tl.debug_barrier()
-    best = tl.full([KCP], INT64_MIN, tl.int64)
-    for s in range(0, n, BQ):
-        t = s + a
-        ok = t < n
-        real = ok & (tl.load(MASK + z * n + t, mask=ok, other=0) != 0)
-        if ks:
-            own = _pack_scores(tl.load(SCORES + z * n + t, mask=ok, other=0.0).to(tl.float32), t, real)
-            tl.store(PACKED + z * n + t, own, mask=ok)
-            tl.store(THRESH + z * n + t, _threshold_rows(best, own, a, k_c), mask=ok)
-            best = _merge_best(best, own, k_c, KCP)
-        if lsh:
-            q_count, k_rank = _lsh_counts(QB, KB, MASK, hist, z, n, s, t, ok, real, n_hist, BQ)
-            tl.store(QCOUNT + z * n + t, q_count, mask=ok)
-            tl.store(KRANK + z * n + t, k_rank, mask=ok)
+        tl.debug_barrier()  # zeros stored before any count lands
+        kb = tl.load(KB + z * n + t, mask=ok, other=0)
+        tl.atomic_add(hist + kb, 1, mask=real & (kb >= 0) & (kb < n_hist))  # integer adds: deterministic
+
+
+@_kernel
+def index_rows(
+    MASK, QB, KB, PACKED, SORTED, HIST, THRESH, QCOUNT, KRANK, n, nb, k_c, n_hist,
+    ks: tl.constexpr, lsh: tl.constexpr, BQ: tl.constexpr, KCP: tl.constexpr,
+):  # fmt: skip
+    """Per block, its rows' metadata from index_blocks' summaries of the earlier blocks. Key selection: the
+    k_c best earlier keys, merged from the earlier blocks' sorted lists, give each row's threshold
+    (THRESH, as ks_threshold_kernel). LSH: per-bucket counts of the earlier blocks plus the block's own
+    give q_count and k_rank (see lsh.LshCandidates); a block with a bucket outside [0, n_hist) scans the
+    earlier keys instead (exact for any integer buckets)."""
+    b = tl.program_id(0)
+    z = tl.program_id(1).to(tl.int64)
+    t, ok, real = _block(MASK, z, n, b, BQ)
+    a = tl.arange(0, BQ)
+    if ks:
+        c = tl.arange(0, KCP)
+        best = tl.full([KCP], INT64_MIN, tl.int64)
+        for e in range(0, b):
+            best = _merge_sorted(best, tl.load(SORTED + (z * nb + e) * BQ + c, mask=c < BQ, other=INT64_MIN), KCP)
+        own = tl.load(PACKED + z * n + t, mask=ok, other=INT64_MIN)
+        tl.store(THRESH + z * n + t, _threshold_rows(best, own, a, k_c), mask=ok)
+    if lsh:
+        qb = tl.load(QB + z * n + t, mask=ok, other=0)
+        kb = tl.load(KB + z * n + t, mask=ok, other=0)
+        listed = ((qb >= 0) & (qb < n_hist) & (kb >= 0) & (kb < n_hist)) | ~ok
+        if tl.min(listed.to(tl.int32), 0) == 0:
+            q_before, k_before = _count_earlier(KB, MASK, z, n, b * BQ, qb, kb, BQ)
+        else:
+            q_before = tl.zeros([BQ], tl.int32)
+            k_before = tl.zeros([BQ], tl.int32)
+            for e in range(0, b):
+                hist = HIST + (z * nb + e) * n_hist
+                q_before += tl.load(hist + qb, mask=ok, other=0)
+                k_before += tl.load(hist + kb, mask=ok, other=0)
+        upto = real[None, :] & (a[None, :] <= a[:, None])  # [row, key a] of the block
+        q_count = q_before + tl.sum(((kb[None, :] == qb[:, None]) & upto).to(tl.int32), 1)
+        k_rank = k_before + tl.sum(((kb[None, :] == kb[:, None]) & upto).to(tl.int32), 1)
+        tl.store(QCOUNT + z * n + t, q_count, mask=ok)
+        tl.store(KRANK + z * n + t, tl.where(real, k_rank, 0), mask=ok)
 
 
 @triton.jit

@@ -241,7 +241,7 @@ def test_interpreter_dilation_longer_than_the_sequence(arch, path):
 
 
 @interpreter
-@pytest.mark.parametrize(("n", "k_c", "bq"), [(1, 4, 16), (70, 4, 16), (90, 24, 16), (130, 5, 32)])
+@pytest.mark.parametrize(("n", "k_c", "bq"), [(1, 4, 16), (70, 4, 16), (90, 24, 16), (130, 5, 32), (300, 6, 16)])
 def test_interpreter_index_kernels(n, k_c, bq):
     torch.manual_seed(n)
     check_index_kernels(n, k_c, bq, device="cpu")

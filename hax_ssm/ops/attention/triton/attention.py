@@ -180,7 +180,7 @@ def masked_index(
     launch(
         mk.index_rows, (nb, b), mask, index.q_buckets, index.k_buckets, index.packed, sorted_keys, hist,
         index.threshold, index.q_count, index.k_rank, n, nb, parts.k_c, n_hist,
-        KCP=triton.next_power_of_2(parts.k_c), **flags,
+        KCP=triton.next_power_of_2(parts.k_c), G=16, **flags,
     )  # fmt: skip
     return index
 

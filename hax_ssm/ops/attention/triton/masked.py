@@ -55,19 +55,6 @@ def _pack_scores(x, t, real):
 
 
 @triton.jit
-def _merge_sorted(x, y, KCP: tl.constexpr):
-    """The best len(x) of two descending lists x, y [KCP] (INT64_MIN = none), descending. Packed keys are
-    distinct, so the rank of x[c] in the union is c + #{y > x[c]}; 'none' entries rank after every key."""
-    y_beats = y[None, :] > x[:, None]  # [c, d]
-    x_real = x != INT64_MIN
-    slot = tl.arange(0, KCP)
-    rank_x = slot + tl.sum(y_beats.to(tl.int32), 1)
-    rank_y = slot + tl.sum((~y_beats & x_real[:, None]).to(tl.int32), 0)  # x[c] > y[d]
-    merged = tl.max(tl.where(rank_x[None, :] == slot[:, None], x[None, :], INT64_MIN), 1)
-    return tl.maximum(merged, tl.max(tl.where(rank_y[None, :] == slot[:, None], y[None, :], INT64_MIN), 1))
-
-
-@triton.jit
 def _count_earlier(KB, MASK, z, n, s, qb, kb, BQ: tl.constexpr):
     """Real keys before position s in each row's query bucket (qb) and key bucket (kb), by scanning them."""
     q_before = tl.zeros([BQ], tl.int32)
@@ -115,10 +102,10 @@ def index_blocks(
 @_kernel
 def index_rows(
     MASK, QB, KB, PACKED, SORTED, HIST, THRESH, QCOUNT, KRANK, n, nb, k_c, n_hist,
-    ks: tl.constexpr, lsh: tl.constexpr, BQ: tl.constexpr, KCP: tl.constexpr,
+    ks: tl.constexpr, lsh: tl.constexpr, BQ: tl.constexpr, KCP: tl.constexpr, G: tl.constexpr,
 ):  # fmt: skip
     """Per block, its rows' metadata from index_blocks' summaries of the earlier blocks. Key selection: the
-    k_c best earlier keys, merged from the earlier blocks' sorted lists, give each row's threshold
+    KCP best earlier keys, sorted out of the earlier blocks' lists, give each row's threshold
     (THRESH, as ks_threshold_kernel). LSH: per-bucket counts of the earlier blocks plus the block's own
     give q_count and k_rank (see lsh.LshCandidates); a block with a bucket outside [0, n_hist) scans the
     earlier keys instead (exact for any integer buckets)."""
@@ -126,11 +113,16 @@ def index_rows(
     z = tl.program_id(1).to(tl.int64)
     t, ok, real = _block(MASK, z, n, b, BQ)
     a = tl.arange(0, BQ)
-    if ks:
-        c = tl.arange(0, KCP)
+    if ks:  # best: the KCP best earlier keys, as the top of one sort of it and up to G - 1 earlier blocks' lists
+        c = tl.arange(0, KCP)[None, :]
+        g = tl.arange(0, G)[:, None]
         best = tl.full([KCP], INT64_MIN, tl.int64)
-        for e in range(0, b):
-            best = _merge_sorted(best, tl.load(SORTED + (z * nb + e) * BQ + c, mask=c < BQ, other=INT64_MIN), KCP)
+        for e0 in range(0, b, G - 1):
+            e = e0 + g - 1
+            lists = tl.load(SORTED + (z * nb + e) * BQ + c, mask=(g > 0) & (e < b) & (c < BQ), other=INT64_MIN)
+            lists = tl.where(g == 0, best[None, :], lists)
+            top = tl.reshape(tl.sort(tl.reshape(lists, [G * KCP]), descending=True), [G, KCP])
+            best = tl.max(tl.where(g == 0, top, INT64_MIN), 0)
         own = tl.load(PACKED + z * n + t, mask=ok, other=INT64_MIN)
         tl.store(THRESH + z * n + t, _threshold_rows(best, own, a, k_c), mask=ok)
     if lsh:
@@ -139,13 +131,15 @@ def index_rows(
         listed = ((qb >= 0) & (qb < n_hist) & (kb >= 0) & (kb < n_hist)) | ~ok
         if tl.min(listed.to(tl.int32), 0) == 0:
             q_before, k_before = _count_earlier(KB, MASK, z, n, b * BQ, qb, kb, BQ)
-        else:
+        else:  # sum the tables of G earlier blocks per step
             q_before = tl.zeros([BQ], tl.int32)
             k_before = tl.zeros([BQ], tl.int32)
-            for e in range(0, b):
+            for e0 in range(0, b, G):
+                e = e0 + tl.arange(0, G)[:, None]
                 hist = HIST + (z * nb + e) * n_hist
-                q_before += tl.load(hist + qb, mask=ok, other=0)
-                k_before += tl.load(hist + kb, mask=ok, other=0)
+                earlier = (e < b) & ok[None, :]
+                q_before += tl.sum(tl.load(hist + qb[None, :], mask=earlier, other=0), 0)
+                k_before += tl.sum(tl.load(hist + kb[None, :], mask=earlier, other=0), 0)
         upto = real[None, :] & (a[None, :] <= a[:, None])  # [row, key a] of the block
         q_count = q_before + tl.sum(((kb[None, :] == qb[:, None]) & upto).to(tl.int32), 1)
         k_rank = k_before + tl.sum(((kb[None, :] == kb[:, None]) & upto).to(tl.int32), 1)

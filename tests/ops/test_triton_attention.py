@@ -266,6 +266,13 @@ gpu = pytest.mark.gpu
 
 
 @gpu
+@pytest.mark.parametrize(("n", "k_c"), [(1058, 32), (2100, 24), (700, 100)])
+def test_gpu_index_kernels(n, k_c):
+    torch.manual_seed(n)
+    check_index_kernels(n, k_c, 64, device="cuda")
+
+
+@gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n", [1, 7, 63, 257, 1058, 4099])
 @pytest.mark.parametrize("arch", ARCHS)

@@ -133,7 +133,7 @@ def index_inputs(n, device):
     return mask.to(device), scores.to(device), buckets.to(device)
 
 
-def check_index_kernels(n, k_c, bq, *, device):
+def check_index_kernels(n, k_c, bq, *, device, dtype=torch.float32):
     """The index kernels against their torch twins: the gathered path's key-selection thresholds
     (index.ks_thresholds), and the masked path's packed scores, thresholds and LSH counts (q_count, k_rank of
     lsh.lsh_candidates), with buckets inside the count table and outside it (negative, above 2**32)."""
@@ -142,6 +142,7 @@ def check_index_kernels(n, k_c, bq, *, device):
     from hax_ssm.ops.lsh import lsh_candidates
 
     mask, scores, (qb, kb) = index_inputs(n, device)
+    scores = scores.to(dtype)
     actual = key_selection_index(scores, mask, k_c, bq, triton_thresholds)
     expected = key_selection_index(scores, mask, k_c, bq)
     for name, a, e in zip(expected._fields, actual, expected, strict=True):
@@ -266,10 +267,11 @@ gpu = pytest.mark.gpu
 
 
 @gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("n", "k_c"), [(1058, 32), (2100, 24), (700, 100)])
-def test_gpu_index_kernels(n, k_c):
+def test_gpu_index_kernels(n, k_c, dtype):
     torch.manual_seed(n)
-    check_index_kernels(n, k_c, 64, device="cuda")
+    check_index_kernels(n, k_c, 64, device="cuda", dtype=dtype)
 
 
 @gpu

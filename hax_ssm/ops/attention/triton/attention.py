@@ -43,7 +43,7 @@ PATH_OVERRIDE = "auto"  # set through force_path()
 # The masked index counts LSH buckets below this in per-block tables (n_hist int32 per block: 32 bytes per token at
 # 512 buckets, BQ 64); a block with a larger (or negative) bucket id scans the earlier keys instead.
 HIST_SIZE = 512
-INDEX_CHUNK = 16  # earlier blocks whose key lists (and bucket tables) masked.index_rows takes per step
+INDEX_CHUNK = 8  # earlier blocks whose key lists (and bucket tables) masked.index_rows takes per step
 
 
 def padded(d: int) -> int:
@@ -179,7 +179,7 @@ def masked_index(
     launch(mk.index_blocks, (nb, b), scores, mask, index.k_buckets, index.packed, sorted_keys, hist, n, nb, n_hist,
            BH=1024, **flags)  # fmt: skip
     launch(
-        mk.index_rows, (nb, b), mask, index.q_buckets, index.k_buckets, index.packed, sorted_keys, hist,
+        mk.index_rows, (nb, b, parts.ks + parts.lsh), mask, index.q_buckets, index.k_buckets, index.packed, sorted_keys, hist,
         index.threshold, index.q_count, index.k_rank, n, nb, parts.k_c, n_hist,
         KCP=triton.next_power_of_2(parts.k_c), G=INDEX_CHUNK, **flags,
     )  # fmt: skip

@@ -111,9 +111,10 @@ def index_rows(
     earlier keys instead (exact for any integer buckets)."""
     b = tl.program_id(0)
     z = tl.program_id(1).to(tl.int64)
+    part = tl.program_id(2)  # key selection and LSH run in programs of their own (concurrently)
     t, ok, real = _block(MASK, z, n, b, BQ)
     a = tl.arange(0, BQ)
-    if ks:  # best: the KCP best earlier keys, as the top of one sort of it and up to G - 1 earlier blocks' lists
+    if ks and part == 0:  # best: the KCP best earlier keys, as the top of one sort of it and up to G - 1 earlier blocks' lists
         c = tl.arange(0, KCP)[None, :]
         g = tl.arange(0, G)[:, None]
         best = tl.full([KCP], INT64_MIN, tl.int64)
@@ -125,7 +126,7 @@ def index_rows(
             best = tl.max(tl.where(g == 0, top, INT64_MIN), 0)
         own = tl.load(PACKED + z * n + t, mask=ok, other=INT64_MIN)
         tl.store(THRESH + z * n + t, _threshold_rows(best, own, a, k_c), mask=ok)
-    if lsh:
+    if lsh and part == ks:
         qb = tl.load(QB + z * n + t, mask=ok, other=0)
         kb = tl.load(KB + z * n + t, mask=ok, other=0)
         listed = ((qb >= 0) & (qb < n_hist) & (kb >= 0) & (kb < n_hist)) | ~ok

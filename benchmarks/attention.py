@@ -67,7 +67,7 @@ QUICK_LENGTHS = (1 << 10, 1 << 14)
 QUICK_PATTERNS = ("full", "sliding_window+sink", "hax")
 RESERVE_S = {"flex": 60.0}  # a FlexAttention cell may compile for a minute: start it only with that much left
 SPARSE_MAX_LENGTH = 1 << 12  # the plain-torch path is timed up to this length
-CROSSOVER_LENGTHS = (1024, 1280, 1536, 2048, 4096)  # masked against gathered Triton path, HAX
+CROSSOVER_LENGTHS = (1024, 1536, 2048, 2560, 3072, 4096)  # masked against gathered Triton path, HAX
 CROSSOVER_TOKENS = 1 << 16
 
 

@@ -35,9 +35,9 @@ BLOCKS_OVERRIDE: Blocks | None = None  # set through tile_sizes()
 SEGMENT_ROWS = 16  # partial rows summed per step of segment_reduce
 # Sequences up to this length with an LSH or key-selection part run on the masked path (masked.py): every
 # causal tile with the pattern as a predicate beats the gathered path's index work there. Measured on an
-# H100 (HAX fwd+bwd, B * L = 64K tokens, graphed): masked 0.79 vs gathered 0.89 ms at L 1536, 0.98 vs
-# 0.89 ms at L 2048 (benchmarks/attention.py, "crossover" in results/attention_benchmark.json).
-MASKED_MAX_LENGTH = 1792
+# H100 (HAX fwd+bwd, B * L = 64K tokens, graphed): masked 0.88 vs gathered 0.98 ms at L 2560, 1.02 vs
+# 0.98 ms at L 3072 (benchmarks/attention.py, "crossover" in results/attention_benchmark.json).
+MASKED_MAX_LENGTH = 2816
 PATHS = ("auto", "gathered", "masked")
 PATH_OVERRIDE = "auto"  # set through force_path()
 # The masked index counts LSH buckets below this in per-block tables (n_hist int32 per block: 32 bytes per token at

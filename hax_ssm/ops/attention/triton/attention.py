@@ -179,8 +179,8 @@ def masked_index(
     launch(mk.index_blocks, (nb, b), scores, mask, index.k_buckets, index.packed, sorted_keys, hist, n, nb, n_hist,
            BH=1024, **flags)  # fmt: skip
     launch(
-        mk.index_rows, (nb, b, parts.ks + parts.lsh), mask, index.q_buckets, index.k_buckets, index.packed, sorted_keys, hist,
-        index.threshold, index.q_count, index.k_rank, n, nb, parts.k_c, n_hist,
+        mk.index_rows, (nb, b, parts.ks + parts.lsh), mask, index.q_buckets, index.k_buckets, index.packed,
+        sorted_keys, hist, index.threshold, index.q_count, index.k_rank, n, nb, parts.k_c, n_hist,
         KCP=triton.next_power_of_2(parts.k_c), G=INDEX_CHUNK, **flags,
     )  # fmt: skip
     return index

@@ -216,12 +216,12 @@ def make_plan(
     dims = {"DK": dk, "DV": v.shape[-1], "DKP": padded(dk), "DVP": padded(v.shape[-1]), "PREC": precision(q.dtype)}
     blocks = choose_blocks(dims["DVP"], q.dtype)
     device = q.device
-    i64 = torch.zeros(1, dtype=torch.int64, device=device)  # stands in for buffers of absent parts
-    i32 = torch.zeros(1, dtype=torch.int32, device=device)
     mask = key_mask.to(torch.uint8).contiguous()
     if uses_masked(parts, n):
         index = masked_index(parts, spec.num_buckets, mask, key_scores, q_buckets, k_buckets, blocks)
         return MaskedPlan((*parts.flags, parts.lsh), blocks, dims, mask, index)
+    i64 = torch.zeros(1, dtype=torch.int64, device=device)  # stands in for buffers of absent parts
+    i32 = torch.zeros(1, dtype=torch.int32, device=device)
     ks = KeySelectionIndex(i64, i64, i32, i64)
     if parts.ks:
         ks = key_selection_index(key_scores, key_mask, parts.k_c, blocks.q, triton_thresholds)
